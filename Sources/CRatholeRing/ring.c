@@ -1,0 +1,1 @@
+int rr_placeholder(void){return 0;}
