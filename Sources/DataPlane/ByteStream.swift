@@ -1,0 +1,79 @@
+import CRatholeRing
+import Glibc
+
+/// A bidirectional byte stream the copy relay can move bytes between: a plain socket, or an
+/// encrypted or framed stream built on one.
+public protocol ByteStream: AnyObject, Sendable {
+    /// Waits until `read` can return without waiting (data, end of stream or an error).
+    func waitReadable() async throws(IOError)
+    /// Reads up to `buffer.count` bytes; 0 means the peer finished sending.
+    func read(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int
+    /// Writes all of `buffer`.
+    func write(_ buffer: UnsafeRawBufferPointer) async throws(IOError)
+    /// Tells the peer no more bytes will come (a FIN, or the stream's equivalent).
+    func shutdownWrite() async
+    /// Releases the stream and its socket.
+    func close()
+    /// The socket when bytes pass through unchanged, so both ends of a relay can splice.
+    var spliceableFD: Int32? { get }
+}
+
+/// A plain TCP socket as a ByteStream, on one ring.
+public final class SocketStream: ByteStream, @unchecked Sendable {
+    public let fd: Int32
+    public let ring: RingExecutor
+    private var closed = false
+
+    public init(fd: Int32, ring: RingExecutor) {
+        self.fd = fd
+        self.ring = ring
+    }
+
+    public var spliceableFD: Int32? { fd }
+
+    public func waitReadable() async throws(IOError) {
+        _ = try await ring.poll(fd, events: Int32(POLLIN) | RR_POLLRDHUP)
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int {
+        try await ring.recv(fd, into: buffer)
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer) async throws(IOError) {
+        try await ring.sendAll(fd, buffer)
+    }
+
+    public func shutdownWrite() async { Socket.shutdownWrite(fd) }
+
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        Socket.close(fd)
+    }
+
+    /// Hands the socket over (to a splice relay, say) without closing it.
+    public func detach() -> Int32 {
+        closed = true
+        return fd
+    }
+}
+
+/// Large copy buffers shared by the connections of one ring: a direction borrows one only while
+/// it has bytes in hand, so idle connections hold none.
+final class BufferPool {
+    static let bufferSize = 256 * 1024
+    private var free: [UnsafeMutableRawBufferPointer] = []
+    private let keep: Int
+
+    init(keep: Int = 64) { self.keep = keep }
+
+    func borrow() -> UnsafeMutableRawBufferPointer {
+        free.popLast() ?? .allocate(byteCount: Self.bufferSize, alignment: 64)
+    }
+
+    func giveBack(_ buffer: UnsafeMutableRawBufferPointer) {
+        if free.count < keep { free.append(buffer) } else { buffer.deallocate() }
+    }
+
+    deinit { free.forEach { $0.deallocate() } }
+}

@@ -1,0 +1,154 @@
+import CRatholeRing
+import Glibc
+
+/// An IPv4 or IPv6 socket address. Parsing is pure; name resolution is `resolve(host:port:)`.
+public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
+    /// Large enough for both families; a sockaddr_in occupies its start.
+    var storage: sockaddr_in6
+
+    public var family: Int32 { Int32(storage.sin6_family) }
+    public var isIPv6: Bool { family == AF_INET6 }
+    var length: socklen_t {
+        socklen_t(isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+    }
+
+    public var port: UInt16 { UInt16(bigEndian: storage.sin6_port) }
+
+    init(storage: sockaddr_in6) { self.storage = storage }
+
+    /// From raw sockaddr bytes as the kernel returns them.
+    init?(raw: UnsafeRawPointer, length: socklen_t) {
+        var s = sockaddr_in6()
+        let family = raw.load(as: sa_family_t.self)
+        switch Int32(family) {
+        case AF_INET: withUnsafeMutableBytes(of: &s) { $0.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: MemoryLayout<sockaddr_in>.size)) }
+        case AF_INET6: withUnsafeMutableBytes(of: &s) { $0.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: MemoryLayout<sockaddr_in6>.size)) }
+        default: return nil
+        }
+        storage = s
+    }
+
+    /// An IP literal and a port. IPv6 without brackets.
+    public init?(ip: String, port: UInt16) {
+        var s = sockaddr_in6()
+        if ip.contains(":") {
+            s.sin6_family = sa_family_t(AF_INET6)
+            s.sin6_port = port.bigEndian
+            guard inet_pton(AF_INET6, ip, &s.sin6_addr) == 1 else { return nil }
+        } else {
+            var v4 = sockaddr_in()
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = port.bigEndian
+            guard inet_pton(AF_INET, ip, &v4.sin_addr) == 1 else { return nil }
+            withUnsafeMutableBytes(of: &s) { dst in withUnsafeBytes(of: v4) { dst.copyMemory(from: $0) } }
+        }
+        storage = s
+    }
+
+    /// `1.2.3.4:80` or `[::1]:80`.
+    public init?(_ text: String) {
+        guard let (host, port) = SocketAddress.splitHostPort(text) else { return nil }
+        self.init(ip: host, port: port)
+    }
+
+    /// Splits `host:port` / `[v6]:port`; nil when the port is missing or out of range.
+    public static func splitHostPort(_ text: String) -> (host: String, port: UInt16)? {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        guard let port = UInt16(text[text.index(after: colon)...]), port > 0 else { return nil }
+        if host.hasPrefix("[") {
+            guard host.hasSuffix("]") else { return nil }
+            host = String(host.dropFirst().dropLast())
+        } else if host.contains(":") {
+            return nil   // an IPv6 literal needs brackets
+        }
+        guard !host.isEmpty else { return nil }
+        return (host, port)
+    }
+
+    /// Calls body with a sockaddr pointer and length.
+    func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        withUnsafeBytes(of: storage) { body($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), length) }
+    }
+
+    /// The IP address bytes (4 or 16).
+    public var ipBytes: [UInt8] {
+        withUnsafeBytes(of: storage) { raw in
+            if isIPv6 { return Array(raw[8..<24]) }
+            return Array(raw[4..<8])
+        }
+    }
+
+    public var ipString: String {
+        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        withUnsafeBytes(of: storage) { raw in
+            let src = raw.baseAddress! + (isIPv6 ? 8 : 4)
+            _ = inet_ntop(family, src, &buf, socklen_t(buf.count))
+        }
+        return String(cString: buf)
+    }
+
+    public var description: String { isIPv6 ? "[\(ipString)]:\(port)" : "\(ipString):\(port)" }
+
+    public static func == (a: SocketAddress, b: SocketAddress) -> Bool {
+        withUnsafeBytes(of: a.storage) { x in withUnsafeBytes(of: b.storage) { y in
+            x.prefix(Int(a.length)).elementsEqual(y.prefix(Int(b.length)))
+        } }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        withUnsafeBytes(of: storage) { hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: $0.prefix(Int(length)))) }
+    }
+
+    /// Resolves `host` (a name or an IP literal) with getaddrinfo on a thread of its own, so the
+    /// ring never blocks on DNS. IP literals are answered without a lookup.
+    public static func resolve(host: String, port: UInt16) async throws(IOError) -> [SocketAddress] {
+        if let literal = SocketAddress(ip: host, port: port) { return [literal] }
+        let result: Result<[SocketAddress], IOError> = await withUnsafeContinuation { cont in
+            BlockingThread.run {
+                cont.resume(returning: getaddrinfoBlocking(host: host, port: port))
+            }
+        }
+        return try result.get()
+    }
+
+    private static func getaddrinfoBlocking(host: String, port: UInt16) -> Result<[SocketAddress], IOError> {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0 else {
+            return .failure(.system(Errno(EHOSTUNREACH), operation: "resolve \(host): \(String(cString: gai_strerror(rc)))"))
+        }
+        defer { freeaddrinfo(list) }
+        var out: [SocketAddress] = []
+        var p = list
+        while let ai = p {
+            if let a = SocketAddress(raw: ai.pointee.ai_addr, length: ai.pointee.ai_addrlen), !out.contains(a) {
+                out.append(a)
+            }
+            p = ai.pointee.ai_next
+        }
+        return out.isEmpty ? .failure(.system(Errno(EHOSTUNREACH), operation: "resolve \(host)")) : .success(out)
+    }
+}
+
+/// Runs a blocking call on a short-lived thread of its own.
+enum BlockingThread {
+    static func run(_ body: @escaping @Sendable () -> Void) {
+        final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        var tid = pthread_t()
+        let ctx = Unmanaged.passRetained(Box(body)).toOpaque()
+        let rc = pthread_create(&tid, &attr, { raw in
+            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, ctx)
+        pthread_attr_destroy(&attr)
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(ctx).takeRetainedValue().body()
+        }
+    }
+}
