@@ -44,7 +44,7 @@ let package = Package(
         // Benchmark helper for perf/: a chain of relays between two ports.
         .executableTarget(name: "relaybench", dependencies: ["DataPlane"], path: "perf/relaybench"),
         .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane"]),
-        .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane"]),
+        .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane"], exclude: ["Fixtures"]),
         .testTarget(name: "EndToEndTests", dependencies: ["DataPlane"]),
     ]
 )

@@ -1,13 +1,15 @@
 import CRatholeRing
 import Glibc
+import Synchronization
 
 /// A bidirectional byte stream the copy relay can move bytes between: a plain socket, or an
 /// encrypted or framed stream built on one.
 public protocol ByteStream: AnyObject, Sendable {
     /// Waits until `read` can return without waiting (data, end of stream or an error).
     func waitReadable() async throws(IOError)
-    /// Reads up to `buffer.count` bytes; 0 means the peer finished sending.
-    func read(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int
+    /// Reads up to `buffer.count` bytes; 0 means the peer finished sending. With a timeout,
+    /// throws `.timedOut` when nothing arrived in time.
+    func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async throws(IOError) -> Int
     /// Writes all of `buffer`.
     func write(_ buffer: UnsafeRawBufferPointer) async throws(IOError)
     /// Tells the peer no more bytes will come (a FIN, or the stream's equivalent).
@@ -16,17 +18,27 @@ public protocol ByteStream: AnyObject, Sendable {
     func close()
     /// The socket when bytes pass through unchanged, so both ends of a relay can splice.
     var spliceableFD: Int32? { get }
+    /// The underlying socket.
+    var fd: Int32 { get }
 }
 
-/// A plain TCP socket as a ByteStream, on one ring.
+extension ByteStream {
+    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int {
+        try await read(into: buffer, timeout: nil)
+    }
+}
+
+/// A plain TCP socket as a ByteStream. Operations run on the calling task's ring when it is on
+/// one (sockets are process-wide), else on the ring the stream was made on.
 public final class SocketStream: ByteStream, @unchecked Sendable {
     public let fd: Int32
-    public let ring: RingExecutor
-    private var closed = false
+    private let home: RingExecutor
+    private var ring: RingExecutor { RingExecutor.current ?? home }
+    private let closed = Atomic<Bool>(false)
 
     public init(fd: Int32, ring: RingExecutor) {
         self.fd = fd
-        self.ring = ring
+        self.home = ring
     }
 
     public var spliceableFD: Int32? { fd }
@@ -35,8 +47,8 @@ public final class SocketStream: ByteStream, @unchecked Sendable {
         _ = try await ring.poll(fd, events: Int32(POLLIN) | RR_POLLRDHUP)
     }
 
-    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int {
-        try await ring.recv(fd, into: buffer)
+    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async throws(IOError) -> Int {
+        try await ring.recv(fd, into: buffer, timeout: timeout)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer) async throws(IOError) {
@@ -46,14 +58,13 @@ public final class SocketStream: ByteStream, @unchecked Sendable {
     public func shutdownWrite() async { Socket.shutdownWrite(fd) }
 
     public func close() {
-        guard !closed else { return }
-        closed = true
+        if closed.exchange(true, ordering: .acquiringAndReleasing) { return }
         Socket.close(fd)
     }
 
     /// Hands the socket over (to a splice relay, say) without closing it.
     public func detach() -> Int32 {
-        closed = true
+        closed.store(true, ordering: .releasing)
         return fd
     }
 }

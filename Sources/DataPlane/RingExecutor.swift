@@ -275,6 +275,7 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
     }
 
     var rawRing: OpaquePointer { ring! }
+    var lastAllocatedUserData: UInt64 { slots.lastAllocated }
     var isStopping: Bool { stopping }
 }
 

@@ -30,6 +30,8 @@ struct SlotTable {
     private var chunks: [UnsafeMutablePointer<OpSlot>] = []
     private var freeHead: Int32 = -1
     private(set) var inFlight = 0
+    /// user_data handed out by the latest `allocate()`; lets a caller learn its own operation's tag.
+    private(set) var lastAllocated: UInt64 = 0
 
     mutating func allocate() -> (slot: UnsafeMutablePointer<OpSlot>, userData: UInt64) {
         if freeHead < 0 { grow() }
@@ -39,7 +41,8 @@ struct SlotTable {
         slot.pointee.inUse = true
         slot.pointee.cancelRequested = false
         inFlight += 1
-        return (slot, UInt64(slot.pointee.generation) << 32 | UInt64(index))
+        lastAllocated = UInt64(slot.pointee.generation) << 32 | UInt64(index)
+        return (slot, lastAllocated)
     }
 
     /// The slot an operation's user_data names, if that operation is still in flight.

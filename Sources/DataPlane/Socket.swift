@@ -58,6 +58,13 @@ public enum Socket {
 
     public static func shutdownWrite(_ fd: Int32) { Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
+    /// Closes a listening socket and wakes an accept waiting on it in the ring (a plain close
+    /// would not: the ring holds its own reference to the file).
+    public static func closeListener(_ fd: Int32) {
+        Glibc.shutdown(fd, Int32(SHUT_RDWR))
+        Glibc.close(fd)
+    }
+
     public static func localAddress(_ fd: Int32) -> SocketAddress? {
         var s = sockaddr_in6()
         var len = socklen_t(MemoryLayout<sockaddr_in6>.size)

@@ -1,0 +1,199 @@
+import DataPlane
+import Logging
+import Synchronization
+
+/// The side behind NAT: keeps one control channel per service open to the server, opens a data
+/// channel whenever the server asks, and relays it to the service's `local_addr`.
+public final class Client: Sendable {
+    let config: ClientConfig
+    let group: RingGroup
+    let transport: any Transport
+    let logger: Logger
+    private let services = Mutex<[String: Task<Void, Never>]>([:])
+
+    public init(config: ClientConfig, group: RingGroup, logger: Logger) throws(StartError) {
+        self.config = config
+        self.group = group
+        self.logger = logger
+        self.transport = try makeClientTransport(config.transport, remote: config.remoteAddr)
+    }
+
+    public func start() {
+        for service in config.services.values.sorted(by: { $0.name < $1.name }) {
+            addService(service)
+        }
+    }
+
+    public func shutdown() {
+        services.withLock { tasks in
+            tasks.values.forEach { $0.cancel() }
+            tasks.removeAll()
+        }
+    }
+
+    func addService(_ service: ClientServiceConfig) {
+        let ring = group.next()
+        let task = Task(executorPreference: ring) { await self.keepControlChannel(service, ring: ring) }
+        services.withLock { $0[service.name] = task }
+    }
+
+    func removeService(named name: String) {
+        let task = services.withLock { $0.removeValue(forKey: name) }
+        task?.cancel()
+    }
+
+    // MARK: Control channel
+
+    /// Connects, authenticates and serves the control channel; reconnects forever with exponential
+    /// backoff capped at the service's retry_interval, until cancelled.
+    private func keepControlChannel(_ service: ClientServiceConfig, ring: RingExecutor) async {
+        let cap = Duration.seconds(max(1, service.retryInterval))
+        var backoff = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            var established = false
+            do throws(ControlError) {
+                try await runControlChannel(service, ring: ring, established: &established)
+            } catch {
+                if case .io(.cancelled) = error, Task.isCancelled { break }
+                logger.error("service \(service.name): \(error); retrying in \(backoff.secondsText)")
+            }
+            if established { backoff = .milliseconds(100) }
+            do { try await ring.sleep(for: backoff) } catch { break }
+            backoff = min(backoff * 2, cap)
+        }
+        logger.debug("service \(service.name): control channel stopped")
+    }
+
+    private func runControlChannel(_ service: ClientServiceConfig, ring: RingExecutor, established: inout Bool) async throws(ControlError) {
+        let remote: SocketAddress
+        do throws(IOError) {
+            remote = try await config.remoteAddr.resolve(preferIPv6: config.preferIPv6)
+        } catch {
+            throw .refused("cannot resolve client.remote_addr \(config.remoteAddr): \(error)")
+        }
+        let stream: ByteStream
+        do throws(TransportError) {
+            stream = try await transport.connect(to: remote, on: ring)
+        } catch {
+            throw .transport(TransportError("cannot connect to server \(config.remoteAddr): \(error)"))
+        }
+        defer { stream.close() }
+
+        try await stream.writeMessage(Hello.controlChannel(service.digest))
+        let nonce: Digest
+        switch try await stream.readMessage(Hello.self) {
+        case .controlChannel(let n): nonce = n
+        case .dataChannel: throw .refused("server answered with a data channel hello")
+        }
+        let sessionKey = Digest.auth(token: service.token.value, nonce: nonce)
+        try await stream.writeMessage(Auth(sessionKey))
+        switch try await stream.readMessage(Ack.self) {
+        case .ok: break
+        case .serviceNotExist: throw .refused("the server does not know this service (check its name in the server's config)")
+        case .authFailed: throw .refused("the server refused the token (check client.services.\(service.name).token)")
+        }
+        established = true
+        logger.info("service \(service.name): control channel established")
+
+        let timeout: Duration? = config.heartbeatTimeout > 0 ? .seconds(config.heartbeatTimeout) : nil
+        while true {
+            let command: ControlChannelCmd
+            do throws(ControlError) {
+                command = try await stream.readMessage(ControlChannelCmd.self, timeout: timeout)
+            } catch .io(.timedOut) {
+                throw .refused("no heartbeat from the server for \(config.heartbeatTimeout)s; reconnecting")
+            } catch .io(.endOfStream) {
+                throw .refused("the server closed the control channel")
+            }
+            switch command {
+            case .createDataChannel:
+                let dataRing = group.next()
+                Task(executorPreference: dataRing) {
+                    await self.runDataChannel(service, remote: remote, sessionKey: sessionKey, ring: dataRing)
+                }
+            case .heartBeat:
+                logger.trace("service \(service.name): heartbeat")
+            }
+        }
+    }
+
+    // MARK: Data channels
+
+    private func runDataChannel(_ service: ClientServiceConfig, remote: SocketAddress, sessionKey: Digest, ring: RingExecutor) async {
+        let stream: ByteStream
+        do throws(TransportError) {
+            stream = try await transport.connect(to: remote, on: ring)
+        } catch {
+            logger.warning("service \(service.name): data channel: cannot connect to server: \(error)")
+            return
+        }
+        let command: DataChannelCmd
+        do throws(ControlError) {
+            try await stream.writeMessage(Hello.dataChannel(sessionKey))
+            command = try await stream.readMessage(DataChannelCmd.self)
+        } catch {
+            if case .io(.endOfStream) = error {
+                logger.debug("service \(service.name): idle data channel closed by the server")
+            } else {
+                logger.debug("service \(service.name): data channel: \(error)")
+            }
+            stream.close()
+            return
+        }
+        switch command {
+        case .startForwardTcp:
+            await forwardTCP(service, channel: stream, ring: ring)
+        case .startForwardUdp:
+            await forwardUDP(service, channel: stream, ring: ring)
+        }
+    }
+
+    private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, ring: RingExecutor) async {
+        let local: Int32
+        do throws(IOError) {
+            let address = try await service.localAddr.resolve(preferIPv6: service.preferIPv6)
+            local = try await Socket.connect(to: address, on: ring, timeout: .seconds(10))
+        } catch {
+            logger.warning("service \(service.name): cannot connect to local_addr \(service.localAddr): \(error)")
+            channel.close()
+            return
+        }
+        Socket.setNoDelay(local, service.nodelay)
+        let name = service.name
+        let logger = self.logger
+        await relay(channel, SocketStream(fd: local, ring: ring), on: ring) { result in
+            logger.debug("service \(name): connection done: \(result)")
+        }
+    }
+}
+
+extension ByteStream {
+    /// Reads one fixed-size protocol message, giving up after `timeout` without a byte.
+    func readMessage<M: WireMessage>(_ type: M.Type, timeout: Duration? = nil) async throws(ControlError) -> M {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: M.size, alignment: 8)
+        defer { buffer.deallocate() }
+        var done = 0
+        do throws(IOError) {
+            // The deadline applies to each read; the bytes of a 4-37 byte message arrive together.
+            while done < buffer.count {
+                let n = try await read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), timeout: timeout)
+                if n == 0 { throw IOError.endOfStream }
+                done += n
+            }
+        } catch {
+            throw .io(error)
+        }
+        do throws(ProtocolError) {
+            return try M(decoding: UnsafeRawBufferPointer(buffer))
+        } catch {
+            throw .protocolViolation(error)
+        }
+    }
+}
+
+extension Duration {
+    var secondsText: String {
+        let ms = components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+        return ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
+    }
+}

@@ -1,0 +1,119 @@
+import DataPlane
+import Glibc
+
+/// How connections between client and server are made: plain TCP, or an encrypted stream on top.
+/// The rathole protocol runs unchanged inside whatever stream the transport returns.
+protocol Transport: Sendable {
+    /// Client side: a connected stream to the server, handshake done.
+    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream
+    /// Server side: the handshake on a freshly accepted socket (which the stream then owns).
+    func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream
+}
+
+/// A transport failure, one line naming what failed.
+struct TransportError: Error, CustomStringConvertible {
+    var description: String
+
+    init(_ description: String) { self.description = description }
+    init(_ error: IOError) { description = error.description }
+}
+
+/// Plain TCP: the stream is the socket itself, so data channels can be spliced.
+struct TCPTransport: Transport {
+    let options: TcpConfig
+    /// SOCKS5/HTTP proxy in front of the server (client only).
+    let connector: @Sendable (SocketAddress, RingExecutor) async throws(TransportError) -> Int32
+
+    init(options: TcpConfig) {
+        self.options = options
+        connector = { address, ring throws(TransportError) in
+            do throws(IOError) {
+                return try await Socket.connect(to: address, on: ring, timeout: .seconds(10))
+            } catch {
+                throw TransportError(error)
+            }
+        }
+    }
+
+    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let fd = try await connector(address, ring)
+        applyOptions(fd)
+        return SocketStream(fd: fd, ring: ring)
+    }
+
+    func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        applyOptions(fd)
+        return SocketStream(fd: fd, ring: ring)
+    }
+
+    private func applyOptions(_ fd: Int32) {
+        Socket.setNoDelay(fd, options.nodelay)
+        Socket.setKeepAlive(fd, idle: Int(options.keepaliveSecs), interval: Int(options.keepaliveInterval))
+    }
+}
+
+// MARK: Reading and writing protocol messages on a stream
+
+extension ByteStream {
+    /// Reads exactly `buffer.count` bytes; `.endOfStream` if the peer closes first.
+    func readExact(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) {
+        var done = 0
+        while done < buffer.count {
+            let n = try await read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            if n == 0 { throw .endOfStream }
+            done += n
+        }
+    }
+
+    /// Writes one or more protocol messages in one go.
+    func writeMessages(_ messages: [any WireMessage]) async throws(ControlError) {
+        var bytes: [UInt8] = []
+        for m in messages { m.encode(appendingTo: &bytes) }
+        try await writeBytes(bytes)
+    }
+
+    func writeMessage(_ message: some WireMessage) async throws(ControlError) {
+        try await writeBytes(message.encode())
+    }
+
+    func writeBytes(_ bytes: [UInt8]) async throws(ControlError) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        do throws(IOError) {
+            try await write(UnsafeRawBufferPointer(buffer))
+        } catch {
+            throw .io(error)
+        }
+    }
+}
+
+/// Why a control or data channel ended.
+enum ControlError: Error, CustomStringConvertible {
+    case io(IOError)
+    case protocolViolation(ProtocolError)
+    case transport(TransportError)
+    case refused(String)
+
+    var description: String {
+        switch self {
+        case .io(let e): return e.description
+        case .protocolViolation(let e): return "protocol violation: \(e)"
+        case .transport(let e): return e.description
+        case .refused(let why): return why
+        }
+    }
+}
+
+/// Relays a visitor and a data channel: splice when both are plain sockets, copy otherwise.
+/// Takes ownership of both streams.
+func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, onEnd: @escaping @Sendable (RelayResult) -> Void) async {
+    if let fa = a.spliceableFD, let fb = b.spliceableFD,
+       let sa = a as? SocketStream, let sb = b as? SocketStream {
+        _ = sa.detach()
+        _ = sb.detach()
+        ring.startRelay(fa, fb, onEnd: onEnd)
+    } else {
+        onEnd(await CopyRelay.run(a, b, on: ring))
+    }
+}
