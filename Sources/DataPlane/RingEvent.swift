@@ -14,7 +14,10 @@ public final class RingEvent: @unchecked Sendable {
     /// Waits for `signal()` or until `timeout` passes. Returns true when signalled.
     /// Throws `.cancelled` when the task is cancelled or the ring stops.
     public func wait(timeout: Duration?) async throws(IOError) -> Bool {
-        precondition(ring.isCurrent)
+        try await ring.onRing { () async throws(IOError) -> Bool in try await waitOnRing(timeout: timeout) }
+    }
+
+    private func waitOnRing(timeout: Duration?) async throws(IOError) -> Bool {
         if signaled {
             signaled = false
             return true
