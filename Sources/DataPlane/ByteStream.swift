@@ -44,7 +44,7 @@ public final class SocketStream: ByteStream, @unchecked Sendable {
     public var spliceableFD: Int32? { fd }
 
     public func waitReadable() async throws(IOError) {
-        _ = try await ring.poll(fd, events: Int32(POLLIN) | RR_POLLRDHUP)
+        _ = try await ring.poll(fd, events: Socket.readableEvents)
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async throws(IOError) -> Int {

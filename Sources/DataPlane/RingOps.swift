@@ -12,9 +12,9 @@ extension RingExecutor {
         case cancelled
     }
 
-    /// Runs `body` on this ring's thread.
+    /// Runs `body` on this ring's thread (at once when already there).
     @inline(__always)
-    func onRing<T>(_ body: () async throws(IOError) -> T) async throws(IOError) -> T {
+    public func onRing<T>(_ body: () async throws(IOError) -> T) async throws(IOError) -> T {
         if isCurrent { return try await body() }
         return try await withTaskExecutorPreference(self) { () async throws(IOError) -> T in
             try await body()

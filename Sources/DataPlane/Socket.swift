@@ -3,6 +3,9 @@ import Glibc
 
 /// Synchronous socket set-up calls (cheap, never blocking) and the async connect that uses the ring.
 public enum Socket {
+    /// Poll events meaning "a read would not block": data, end of stream or an error.
+    public static let readableEvents = Int32(POLLIN) | RR_POLLRDHUP
+
     /// A new non-blocking, close-on-exec TCP socket for `family`.
     public static func tcp(family: Int32) throws(IOError) -> Int32 {
         let fd = socket(family, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)

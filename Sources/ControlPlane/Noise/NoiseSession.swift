@@ -13,6 +13,9 @@
 // Bytes that arrive after the last handshake message (the peer may send transport data at once) are
 // kept and come out of the next `open` call: after the handshake, call `open` once even with no new
 // bytes when `bufferedInputCount > 0`.
+//
+// Any failure caused by the peer (bad tag, malformed message) ends the session: every later call throws
+// the same error, and the caller closes the connection. Not thread-safe: one connection, one task.
 
 public final class NoiseSession {
     public let role: NoiseRole
@@ -42,6 +45,8 @@ public final class NoiseSession {
                       remoteStaticKey: remoteStaticKey, prologue: prologue)
     }
 
+    /// As above, with a parsed protocol. `fixedEphemeral` replaces the random ephemeral key: for test
+    /// vectors only (a reused ephemeral key breaks the handshake's security).
     public init(protocol noiseProtocol: NoiseProtocol, role: NoiseRole, localStaticKey: NoiseKeyPair? = nil,
                 remoteStaticKey: [UInt8]? = nil, prologue: [UInt8] = [],
                 fixedEphemeral: NoiseKeyPair? = nil) throws(NoiseError) {

@@ -143,6 +143,10 @@ public final class TLSSession: @unchecked Sendable {
     /// Ciphertext received but not yet processed.
     public var pendingInputCount: Int { rc_tls_io_input_pending(io) }
 
+    /// True when `read` may return bytes without new input: ciphertext not yet processed, or
+    /// plaintext OpenSSL decrypted but has not handed out yet.
+    public var hasBufferedInput: Bool { pendingInputCount > 0 || SSL_has_pending(ssl) == 1 }
+
     // MARK: Output
 
     /// Ciphertext waiting to be sent, in total.

@@ -1,0 +1,217 @@
+import DataPlane
+
+/// `type = "noise"`: Noise_<pattern>_25519_ChaChaPoly_BLAKE2s framed as rathole frames it.
+/// `local_private_key` and `remote_public_key` are standard base64 of raw X25519 keys.
+struct NoiseTransport: Transport {
+    let tcp: TCPTransport
+    let noiseProtocol: NoiseProtocol
+    let localKey: NoiseKeyPair?
+    let remoteKey: [UInt8]?
+    let role: NoiseRole
+
+    /// Reads and checks `[server|client].transport.noise`; `section` names it in errors.
+    init(_ config: TransportConfig, role: NoiseRole, section: String, tcp: TCPTransport) throws(StartError) {
+        let noise = config.noise ?? NoiseConfig()
+        do {
+            noiseProtocol = try NoiseProtocol(name: noise.pattern)
+        } catch {
+            throw StartError("\(section).noise.pattern: \(error)")
+        }
+        let pattern = noiseProtocol.pattern
+        if let key = noise.localPrivateKey {
+            do {
+                localKey = try NoiseKeyPair(base64PrivateKey: key.value)
+            } catch {
+                throw StartError("\(section).noise.local_private_key: \(error)")
+            }
+        } else if pattern.needsLocalStatic(role) {
+            // As upstream: a pattern that needs a static key gets a fresh one when none is set.
+            localKey = NoiseKeyPair.generate()
+        } else {
+            localKey = nil
+        }
+        if let key = noise.remotePublicKey {
+            do {
+                remoteKey = try NoiseKeys.decodeKey(key, what: "remote_public_key")
+            } catch {
+                throw StartError("\(section).noise.remote_public_key: \(error)")
+            }
+        } else if pattern.needsRemoteStaticUpFront(role) {
+            throw StartError("\(section).noise.remote_public_key: required by \(noise.pattern)")
+        } else {
+            remoteKey = nil
+        }
+        self.role = role
+        self.tcp = tcp
+    }
+
+    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let raw = try await tcp.connect(to: address, on: ring)
+        return try await secure(raw.fd, ring: ring)
+    }
+
+    func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        _ = try await tcp.accept(fd: fd, on: ring)
+        return try await secure(fd, ring: ring)
+    }
+
+    private func secure(_ fd: Int32, ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let session: NoiseSession
+        do {
+            session = try NoiseSession(protocol: noiseProtocol, role: role, localStaticKey: localKey, remoteStaticKey: remoteKey)
+        } catch {
+            Socket.close(fd)
+            throw TransportError("noise: \(error)")
+        }
+        let stream = SecureStream(fd: fd, ring: ring, session: NoiseSecureSession(session))
+        do {
+            try await stream.handshake()
+        } catch {
+            stream.close()
+            throw TransportError("noise handshake: \(error)")
+        }
+        return stream
+    }
+}
+
+/// NoiseSession seen as a SecureSession: it keeps the received ciphertext and the sealed frames
+/// waiting to be sent, in buffers that are released when empty.
+final class NoiseSecureSession: SecureSession {
+    let noise: NoiseSession
+    private var input = ByteBuffer()
+    private var output = ByteBuffer()
+    /// Plaintext decrypted for a reader whose buffer was smaller than a frame.
+    private var plain = ByteBuffer()
+    private var ended = false
+
+    init(_ noise: NoiseSession) { self.noise = noise }
+
+    func advanceHandshake() throws(TransportError) -> Bool {
+        do {
+            while !noise.isHandshakeComplete {
+                if noise.isMyTurnToWrite {
+                    output.append(try noise.nextHandshakeMessage())
+                    continue
+                }
+                let processed = try input.withReadable { bytes throws(NoiseError) -> (Int, Int) in
+                    (bytes.count, try noise.readHandshakeMessage(bytes))
+                }
+                if processed == 0 { return false }
+            }
+            return true
+        } catch {
+            throw TransportError(error.description)
+        }
+    }
+
+    func inputSpace() throws(TransportError) -> UnsafeMutableRawBufferPointer {
+        input.reserve(64 * 1024 + 2)
+    }
+
+    func commitInput(_ count: Int) throws(TransportError) { input.commit(count) }
+
+    func inputEnded() { ended = true }
+
+    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> SecureRead {
+        if !plain.isEmpty { return .bytes(copyPlain(into: buffer)) }
+        do {
+            // A frame only decrypts into space that holds all of it: small reads go through `plain`.
+            let direct = buffer.count >= NoiseConstants.maxPlaintextLength
+            let target = direct ? buffer : plain.reserve(NoiseConstants.maxPlaintextLength)
+            // The session buffers partial frames itself; hand it everything received so far.
+            let written = try input.withReadable { bytes throws(NoiseError) -> (Int, Int) in
+                try noise.open(bytes, into: target)
+            }
+            if written > 0 {
+                if direct { return .bytes(written) }
+                plain.commit(written)
+                return .bytes(copyPlain(into: buffer))
+            }
+            if ended { return .closed }
+            if noise.bufferedInputCount == 0 { noise.releaseIdleBuffers() }
+            return .wantInput
+        } catch {
+            throw TransportError(error.description)
+        }
+    }
+
+    var hasBufferedInput: Bool { !plain.isEmpty || !input.isEmpty || noise.bufferedInputCount > 0 }
+
+    private func copyPlain(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let n = min(buffer.count, plain.readable.count)
+        buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: plain.readable[..<n]))
+        plain.consume(n)
+        return n
+    }
+
+    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(TransportError) {
+        let space = output.reserve(NoiseSession.sealedSize(plaintextCount: buffer.count))
+        do {
+            output.commit(try noise.seal(buffer, into: space))
+        } catch {
+            throw TransportError(error.description)
+        }
+    }
+
+    var pendingOutput: UnsafeRawBufferPointer { output.readable }
+    func consumeOutput(_ count: Int) { output.consume(count) }
+    func finishWriting() {}
+}
+
+/// A growable byte buffer: append at the end, consume from the front; memory is released once empty.
+struct ByteBuffer {
+    private var storage: UnsafeMutableRawBufferPointer?
+    private var start = 0
+    private var end = 0
+
+    var isEmpty: Bool { start == end }
+    var readable: UnsafeRawBufferPointer {
+        guard let storage else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(rebasing: storage[start..<end])
+    }
+
+    /// Space for at least `count` more bytes at the end.
+    mutating func reserve(_ count: Int) -> UnsafeMutableRawBufferPointer {
+        if let s = storage, s.count - end >= count {
+            return UnsafeMutableRawBufferPointer(rebasing: s[end...])
+        }
+        let live = end - start
+        let capacity = max(live + count, 2 * live)
+        let fresh = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
+        if let s = storage {
+            if live > 0 { fresh.copyMemory(from: UnsafeRawBufferPointer(rebasing: s[start..<end])) }
+            s.deallocate()
+        }
+        storage = fresh
+        start = 0
+        end = live
+        return UnsafeMutableRawBufferPointer(rebasing: fresh[end...])
+    }
+
+    mutating func commit(_ count: Int) { end += count }
+
+    mutating func append(_ bytes: [UInt8]) {
+        let space = reserve(bytes.count)
+        space.copyBytes(from: bytes)
+        commit(bytes.count)
+    }
+
+    mutating func consume(_ count: Int) {
+        start += count
+        if start == end { release() }
+    }
+
+    /// Lets `body` consume a prefix of the readable bytes: it returns (consumed, result).
+    mutating func withReadable<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> (Int, R)) throws(E) -> R {
+        let (consumed, result) = try body(readable)
+        consume(consumed)
+        return result
+    }
+
+    private mutating func release() {
+        storage?.deallocate()
+        storage = nil
+        start = 0
+        end = 0
+    }
+}

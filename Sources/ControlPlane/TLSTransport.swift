@@ -1,0 +1,98 @@
+import DataPlane
+
+/// `type = "tls"`: OpenSSL over the socket. Server: `pkcs12` + `pkcs12_password`; client:
+/// `trusted_root` + `hostname` (default: the host of remote_addr); chain and name are verified.
+struct TLSTransport: Transport {
+    let tcp: TCPTransport
+    let server: TLSServerContext?
+    let client: TLSClientContext?
+
+    static func server(_ config: TransportConfig) throws(StartError) -> TLSTransport {
+        guard let tls = config.tls, let path = tls.pkcs12, let password = tls.pkcs12Password else {
+            throw StartError("server.transport.tls: pkcs12 and pkcs12_password are required for type = \"tls\"")
+        }
+        do {
+            return TLSTransport(tcp: TCPTransport(options: config.tcp),
+                                server: try TLSServerContext(pkcs12Path: path, password: password.value), client: nil)
+        } catch {
+            throw StartError("server.transport.tls: \(error)")
+        }
+    }
+
+    static func client(_ config: TransportConfig, hostname: String, tcp: TCPTransport) throws(StartError) -> TLSTransport {
+        do {
+            return TLSTransport(tcp: tcp, server: nil,
+                                client: try TLSClientContext(trustedRootPath: config.tls?.trustedRoot, hostname: hostname))
+        } catch {
+            throw StartError("client.transport.tls: \(error)")
+        }
+    }
+
+    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let raw = try await tcp.connect(to: address, on: ring)
+        return try await secure(raw.fd, ring: ring)
+    }
+
+    func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        _ = try await tcp.accept(fd: fd, on: ring)
+        return try await secure(fd, ring: ring)
+    }
+
+    private func secure(_ fd: Int32, ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let session: TLSSession
+        do {
+            session = try server.map { ctx throws(TLSError) in try TLSSession(context: ctx) } ?? TLSSession(context: client!)
+        } catch {
+            Socket.close(fd)
+            throw TransportError("tls: \(error)")
+        }
+        let stream = SecureStream(fd: fd, ring: ring, session: TLSSecureSession(session))
+        do {
+            try await stream.handshake()
+        } catch {
+            stream.close()
+            throw TransportError("tls handshake: \(error)")
+        }
+        return stream
+    }
+}
+
+/// TLSSession seen as a SecureSession.
+final class TLSSecureSession: SecureSession {
+    let tls: TLSSession
+    init(_ tls: TLSSession) { self.tls = tls }
+
+    func advanceHandshake() throws(TransportError) -> Bool {
+        do { return try tls.handshake() == .complete } catch { throw TransportError(error.description) }
+    }
+
+    func inputSpace() throws(TransportError) -> UnsafeMutableRawBufferPointer {
+        do { return try tls.reserveInput(minimumCapacity: 64 * 1024) } catch { throw TransportError(error.description) }
+    }
+
+    func commitInput(_ count: Int) throws(TransportError) { tls.commitInput(count) }
+
+    func inputEnded() { tls.feedEOF() }
+
+    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> SecureRead {
+        do {
+            switch try tls.read(into: buffer) {
+            case .bytes(let n): return .bytes(n)
+            case .wantInput: return .wantInput
+            case .closed: return .closed
+            }
+        } catch {
+            throw TransportError(error.description)
+        }
+    }
+
+    var hasBufferedInput: Bool { tls.hasBufferedInput }
+
+    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(TransportError) {
+        do { try tls.write(buffer) } catch { throw TransportError(error.description) }
+    }
+
+    var pendingOutput: UnsafeRawBufferPointer { tls.pendingOutput }
+    func consumeOutput(_ count: Int) { tls.consumeOutput(count) }
+    func finishWriting() { tls.shutdown() }
+}
