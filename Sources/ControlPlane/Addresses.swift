@@ -1,10 +1,22 @@
 import DataPlane
 
 extension PeerAddress {
+    /// The wire address of a socket address (UDP frames carry visitors' addresses).
+    init(_ address: SocketAddress) {
+        if let v4 = address.ipv4Value {
+            self = .v4(IPv4Address(value: v4), port: address.port)
+        } else {
+            let (high, low) = address.ipv6Halves!
+            self = .v6(IPv6Address(high: high, low: low), port: address.port)
+        }
+    }
+
     /// The same address as the runtime's socket address type.
     var socketAddress: SocketAddress {
-        // Both types print as `ip:port` / `[ip]:port`, which SocketAddress parses.
-        SocketAddress(description)!
+        switch self {
+        case let .v4(a, port): return SocketAddress(ipv4: a.value, port: port)
+        case let .v6(a, port): return SocketAddress(ipv6: a.high, a.low, port: port)
+        }
     }
 }
 

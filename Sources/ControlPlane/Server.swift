@@ -59,7 +59,7 @@ public final class Server: Sendable {
 
     private func closeListeners() {
         listeners.withLock { fds in
-            fds.forEach { Socket.close($0) }
+            fds.forEach(Socket.closeListener)
             fds.removeAll()
         }
     }
@@ -73,10 +73,18 @@ public final class Server: Sendable {
 
     func addService(_ service: ServerServiceConfig) {
         let entry = ServiceEntry(config: service)
-        spawn(on: hub.ring) { await self.hub.register(entry) }
-        for ring in group.executors {
-            spawn(on: ring) { await self.serveVisitors(of: entry, ring: ring) }
+        switch service.type {
+        case .tcp:
+            for ring in group.executors {
+                spawn(on: ring) { await self.serveVisitors(of: entry, ring: ring) }
+            }
+        case .udp:
+            let ring = group.next()
+            let forwarder = UDPServerForwarder(ring: ring, service: service, logger: logger)
+            entry.udp = forwarder
+            spawn(on: ring) { await forwarder.run() }
         }
+        spawn(on: hub.ring) { await self.hub.register(entry) }
     }
 
     /// Binds the service's port on this worker (retrying while it is busy) and serves visitors.

@@ -6,7 +6,7 @@ import Synchronization
 /// their pools of idle data channels and the visitors waiting for one.
 actor ServerHub {
     nonisolated let ring: RingExecutor
-    nonisolated var unownedExecutor: UnownedSerialExecutor { ring.asUnownedSerialExecutor() }
+    nonisolated var unownedExecutor: UnownedSerialExecutor { ring.serial.asUnownedSerialExecutor() }
 
     private let heartbeatInterval: UInt64
     private let logger: Logger
@@ -34,6 +34,7 @@ actor ServerHub {
     func unregister(_ entry: ServiceEntry) {
         if services[entry.config.digest] === entry { services[entry.config.digest] = nil }
         entry.close()
+        entry.udp?.stop()
         if let session = entry.session { endSession(session, of: entry, reason: "service removed") }
         while let waiter = entry.waiters.popFirst() { waiter.continuation.resume(returning: nil) }
     }
@@ -115,6 +116,7 @@ actor ServerHub {
         session.stream.close()
         sessions[session.key] = nil
         if entry.session === session { entry.session = nil }
+        entry.udp?.closeChannels(of: session.key)
         entry.pool.removeAll { channel in
             guard channel.sessionKey == session.key else { return false }
             channel.stream.close()
@@ -128,6 +130,10 @@ actor ServerHub {
     /// Files a new data channel under its session; false when the session key is unknown.
     func addDataChannel(_ stream: ByteStream, sessionKey: Digest) -> Bool {
         guard let (entry, session) = sessions[sessionKey], session.alive else { return false }
+        if let udp = entry.udp {
+            udp.adopt(stream, sessionKey: sessionKey)
+            return true
+        }
         if let waiter = entry.waiters.popFirst() {
             waiter.continuation.resume(returning: stream)
         } else if entry.pool.count < Self.maxPooledChannels {
@@ -178,6 +184,8 @@ final class ServiceEntry: @unchecked Sendable {
     var session: ControlSession?
     var pool = FIFO<PooledChannel>()
     var waiters = FIFO<WaitingVisitor>()
+    /// Set for UDP services, before the entry is shared.
+    var udp: UDPServerForwarder?
     private let listeners = Mutex<[Int32]>([])
     private let isClosed = Atomic<Bool>(false)
 

@@ -1,8 +1,270 @@
 import DataPlane
+import Logging
+
+/// A data channel that carries UDP frames (`u8 header length, UdpHeader, payload`) both ways.
+/// Frames queued with `send` are written in batches by one writer task, so a burst of datagrams
+/// costs one write; a backed-up channel drops datagrams rather than growing without bound.
+/// Lives on one ring: every method runs on `ring`'s thread.
+final class DatagramChannel: @unchecked Sendable {
+    let stream: ByteStream
+    let ring: RingExecutor
+    let sessionKey: Digest?
+    private var queued = ByteBuffer()
+    private let wake: RingEvent
+    private(set) var alive = true
+    static let maxQueuedBytes = 4 << 20
+
+    init(stream: ByteStream, ring: RingExecutor, sessionKey: Digest? = nil) {
+        self.stream = stream
+        self.ring = ring
+        self.sessionKey = sessionKey
+        wake = RingEvent(ring: ring)
+    }
+
+    /// Queues one datagram from (server side) or for (client side) `peer`.
+    func send(_ payload: UnsafeRawBufferPointer, peer: PeerAddress) {
+        guard alive, payload.count <= UdpHeader.maxPayload, queued.readable.count < Self.maxQueuedBytes else { return }
+        let prefix = UdpHeader.prefixSize(for: peer)
+        let space = queued.reserve(prefix + payload.count)
+        _ = try? UdpHeader.encodePrefix(from: peer, payloadLength: payload.count, into: space)
+        UnsafeMutableRawBufferPointer(rebasing: space[prefix...]).copyMemory(from: payload)
+        queued.commit(prefix + payload.count)
+        wake.signal()
+    }
+
+    /// Queues a protocol message ahead of the frames (StartForwardUdp).
+    func send(_ message: some WireMessage) {
+        queued.append(message.encode())
+        wake.signal()
+    }
+
+    /// Writes queued bytes until the channel fails or is closed.
+    func runWriter() async {
+        var sending = ByteBuffer()
+        while alive {
+            if queued.isEmpty {
+                do { _ = try await wake.wait(timeout: nil) } catch { break }
+                continue
+            }
+            swap(&queued, &sending)
+            do {
+                try await stream.write(sending.readable)
+            } catch {
+                break
+            }
+            sending.consume(sending.readable.count)
+        }
+        close()
+    }
+
+    /// Reads frames and hands each to `deliver` until the channel ends; returns why it ended.
+    /// A malformed frame ends this channel only.
+    func runReader(_ deliver: (UdpHeader, UnsafeRawBufferPointer) -> Void) async -> String {
+        var input = ByteBuffer()
+        defer { close() }
+        while alive {
+            let space = input.reserve(UdpHeader.maxFrameSize)
+            let n: Int
+            do { n = try await stream.read(into: space) } catch { return "\(error)" }
+            if n == 0 { return "closed by the peer" }
+            input.commit(n)
+            do throws(ProtocolError) {
+                while let (header, size) = try UdpFrame.parse(input.readable) {
+                    deliver(header, UnsafeRawBufferPointer(rebasing: input.readable[header.prefixSize..<size]))
+                    input.consume(size)
+                }
+            } catch {
+                return "malformed UDP frame: \(error)"
+            }
+        }
+        return "closed"
+    }
+
+    func close() {
+        guard alive else { return }
+        alive = false
+        wake.signal()
+        stream.close()
+    }
+}
+
+/// The server side of a UDP service: visitors' datagrams on the service port go out framed over
+/// the client's data channels, replies come back and are sent to the right visitor. Each visitor
+/// sticks to one channel (by its address), so its datagrams stay in order; with a stock rathole
+/// client every channel works the same way. Lives on one ring.
+final class UDPServerForwarder: @unchecked Sendable {
+    let ring: RingExecutor
+    let service: ServerServiceConfig
+    let logger: Logger
+    private var fd: Int32 = -1
+    private var channels: [DatagramChannel] = []
+    private var stopped = false
+
+    init(ring: RingExecutor, service: ServerServiceConfig, logger: Logger) {
+        self.ring = ring
+        self.service = service
+        self.logger = logger
+    }
+
+    /// Binds the port (retrying while it is busy) and forwards visitors' datagrams until stopped.
+    func run() async {
+        let bind = service.bindAddr.socketAddress
+        while !stopped {
+            do {
+                fd = try UDP.bind(bind)
+                break
+            } catch {
+                logger.error("service \(service.name): cannot bind udp \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s")
+                do { try await ring.sleep(for: .seconds(5)) } catch { return }
+            }
+        }
+        guard fd >= 0 else { return }
+        logger.info("service \(service.name): listening at udp \(bind)")
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+        defer {
+            buffer.deallocate()
+            Socket.close(fd)
+        }
+        while !stopped {
+            do { _ = try await ring.poll(fd, events: Socket.readableEvents) } catch { break }
+            // Take what is queued, a bounded batch at a time so the ring stays responsive.
+            for _ in 0..<256 {
+                guard let (n, from) = (try? UDP.tryReceive(fd, into: buffer)) ?? nil else { break }
+                guard !channels.isEmpty, n <= UdpHeader.maxPayload else { continue }
+                let peer = PeerAddress(from)
+                let index = Int(UInt(bitPattern: peer.hashValue) % UInt(channels.count))
+                channels[index].send(UnsafeRawBufferPointer(rebasing: buffer[..<n]), peer: peer)
+            }
+        }
+    }
+
+    /// Puts a new data channel to work: StartForwardUdp, then frames both ways.
+    func adopt(_ stream: ByteStream, sessionKey: Digest) {
+        Task(executorPreference: ring) {
+            guard !self.stopped else {
+                stream.close()
+                return
+            }
+            let channel = DatagramChannel(stream: stream, ring: self.ring, sessionKey: sessionKey)
+            channel.send(DataChannelCmd.startForwardUdp)
+            self.channels.append(channel)
+            Task(executorPreference: self.ring) { await channel.runWriter() }
+            let reason = await channel.runReader { header, payload in
+                UDP.trySend(self.fd, payload, to: header.from.socketAddress)
+            }
+            self.channels.removeAll { $0 === channel }
+            self.logger.debug("service \(self.service.name): udp data channel ended: \(reason)")
+        }
+    }
+
+    /// Closes the channels of one control session (it ended or was replaced).
+    func closeChannels(of sessionKey: Digest) {
+        Task(executorPreference: ring) {
+            for channel in self.channels where channel.sessionKey == sessionKey { channel.close() }
+        }
+    }
+
+    func stop() {
+        Task(executorPreference: ring) {
+            self.stopped = true
+            self.channels.forEach { $0.close() }
+            if self.fd >= 0 { Socket.shutdownBoth(self.fd) }
+        }
+    }
+}
 
 extension Client {
-    func forwardUDP(_ service: ClientServiceConfig, channel: ByteStream, ring: RingExecutor) async {
-        logger.error("service \(service.name): UDP forwarding is not built yet")
-        channel.close()
+    /// The client side of a UDP data channel: one connected local socket per visitor address,
+    /// replies framed back with that address, a socket dropped after 60 s without traffic.
+    func forwardUDP(_ service: ClientServiceConfig, channel stream: ByteStream, ring: RingExecutor) async {
+        let local: SocketAddress
+        do {
+            local = try await service.localAddr.resolve(preferIPv6: service.preferIPv6)
+        } catch {
+            logger.warning("service \(service.name): cannot resolve local_addr \(service.localAddr): \(error)")
+            stream.close()
+            return
+        }
+        let channel = DatagramChannel(stream: stream, ring: ring)
+        let visitors = UDPVisitorTable(ring: ring, channel: channel, local: local)
+        Task(executorPreference: ring) { await channel.runWriter() }
+        let reason = await channel.runReader { header, payload in
+            guard let fd = visitors.socket(for: header.from) else { return }
+            UDP.trySend(fd, payload)
+        }
+        visitors.closeAll()
+        logger.debug("service \(service.name): udp data channel ended: \(reason)")
+    }
+}
+
+/// The client's local sockets for the visitors of one UDP data channel. Ring-confined.
+final class UDPVisitorTable: @unchecked Sendable {
+    static let idleTimeout: Duration = .seconds(60)
+    static let maxVisitors = 4096
+
+    final class Visitor: @unchecked Sendable {
+        let fd: Int32
+        let peer: PeerAddress
+        var lastActive = ContinuousClock.now
+        var task: Task<Void, Never>?
+        init(fd: Int32, peer: PeerAddress) {
+            self.fd = fd
+            self.peer = peer
+        }
+    }
+
+    let ring: RingExecutor
+    let channel: DatagramChannel
+    let local: SocketAddress
+    private var visitors: [PeerAddress: Visitor] = [:]
+    /// One receive buffer for all visitors: a datagram is framed before the next is read.
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+
+    init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress) {
+        self.ring = ring
+        self.channel = channel
+        self.local = local
+    }
+
+    deinit { buffer.deallocate() }
+
+    var count: Int { visitors.count }
+
+    /// The local socket for a visitor, made on its first datagram; nil past the visitor limit.
+    func socket(for peer: PeerAddress) -> Int32? {
+        if let v = visitors[peer] {
+            v.lastActive = .now
+            return v.fd
+        }
+        guard visitors.count < Self.maxVisitors, let fd = try? UDP.connected(to: local) else { return nil }
+        let v = Visitor(fd: fd, peer: peer)
+        visitors[peer] = v
+        v.task = Task(executorPreference: ring) { await self.relayReplies(of: v) }
+        return fd
+    }
+
+    /// Frames the local service's replies to one visitor until it has been idle for a minute.
+    private func relayReplies(of v: Visitor) async {
+        while true {
+            let idle = ContinuousClock.now - v.lastActive
+            if idle >= Self.idleTimeout { break }
+            do {
+                _ = try await ring.poll(v.fd, events: Socket.readableEvents, timeout: Self.idleTimeout - idle)
+            } catch .timedOut(_) {
+                continue
+            } catch {
+                break
+            }
+            while let (n, _) = (try? UDP.tryReceive(v.fd, into: buffer)) ?? nil {
+                if n > 0 { channel.send(UnsafeRawBufferPointer(rebasing: buffer[..<n]), peer: v.peer) }
+                v.lastActive = .now
+            }
+        }
+        if visitors[v.peer] === v { visitors[v.peer] = nil }
+        Socket.close(v.fd)
+    }
+
+    func closeAll() {
+        for v in visitors.values { v.task?.cancel() }
     }
 }

@@ -24,10 +24,9 @@ public final class RingEvent: @unchecked Sendable {
         }
         // A day stands in for "no timeout": the timeout op is also how a signal interrupts the wait.
         let limit = timeout ?? .seconds(86_400)
-        let outcome = await ring.perform { sqe, slot in
+        let outcome = await ring.perform(submitted: { self.sleeping = $0 }) { sqe, slot in
             slot.pointee.timeout = __kernel_timespec(limit)
             io_uring_prep_timeout(sqe, slot.timeoutPointer, 0, 0)
-            self.sleeping = self.ring.lastAllocatedUserData
         }
         sleeping = nil
         if signaled {

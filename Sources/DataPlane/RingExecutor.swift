@@ -12,16 +12,19 @@ public struct Completion: Sendable {
 
 /// One io_uring and the one thread that drives it.
 ///
-/// Runs Swift jobs (as a `TaskExecutor`, and as a `SerialExecutor` for actors pinned to it) and
-/// resumes the continuations of the ring operations those jobs submit, all on its own thread.
+/// Runs Swift jobs (as a `TaskExecutor`; `serial` is the `SerialExecutor` for actors pinned to it)
+/// and resumes the continuations of the ring operations those jobs submit, all on its own thread.
+/// Task jobs and actor jobs are told apart so that nonisolated code runs without hopping.
 /// Jobs from other threads go through a locked queue and an eventfd the ring always has a read on.
-public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendable {
+public final class RingExecutor: TaskExecutor, @unchecked Sendable {
     public let index: Int
 
     // Owned by the ring thread. Everything below marked "ring thread" is touched only there.
     private var ring: OpaquePointer?
-    private var localJobs: [UnownedJob] = []
-    private var runningJobs: [UnownedJob] = []
+    private var localJobs: [QueuedJob] = []
+    private var runningJobs: [QueuedJob] = []
+    /// The serial executor of actors that live on this ring.
+    public private(set) var serial: RingSerialExecutor!
     var slots = SlotTable()                       // ring thread
     lazy var bufferPool = BufferPool()            // ring thread
     private var completions: UnsafeMutablePointer<rr_completion>
@@ -39,7 +42,7 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
     private let countersSnapshot = Mutex<rr_counters>(rr_counters())
 
     private enum RemoteItem {
-        case job(UnownedJob)
+        case job(QueuedJob)
         case closure(@Sendable () -> Void)
     }
 
@@ -52,6 +55,8 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
         eventFD = efd
         wakeBuffer = .allocate(capacity: 1)
         completions = .allocate(capacity: Self.completionBatch)
+
+        serial = RingSerialExecutor(self)
 
         // Create the ring on its own thread (SINGLE_ISSUER requires the creating thread to submit).
         let startup = StartupBox(entries: entries, maxLentPipes: maxLentPipes)
@@ -70,6 +75,7 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
     }
 
     deinit {
+        slots.deallocateAll()
         completions.deallocate()
         wakeBuffer.deallocate()
         close(eventFD)
@@ -87,22 +93,15 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
     // MARK: Executor conformances
 
     public func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
+        enqueue(QueuedJob(job: UnownedJob(job), isolated: false))
+    }
+
+    func enqueue(_ job: QueuedJob) {
         if isCurrent {
             localJobs.append(job)
         } else {
             post(.job(job))
         }
-    }
-
-    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
-        UnownedSerialExecutor(ordinary: self)
-    }
-
-    public func isSameExclusiveExecutionContext(other: RingExecutor) -> Bool { self === other }
-
-    public func checkIsolated() {
-        precondition(isCurrent, "not on the ring thread of RingExecutor \(index)")
     }
 
     /// Runs `body` on the ring thread, soon. Safe from any thread.
@@ -193,10 +192,14 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
     private func runJobs() {
         guard !localJobs.isEmpty else { return }
         swap(&localJobs, &runningJobs)
-        let serial = asUnownedSerialExecutor()
+        let serial = self.serial.asUnownedSerialExecutor()
         let task = asUnownedTaskExecutor()
-        for job in runningJobs {
-            job.runSynchronously(isolatedTo: serial, taskExecutor: task)
+        for queued in runningJobs {
+            if queued.isolated {
+                queued.job.runSynchronously(isolatedTo: serial, taskExecutor: task)
+            } else {
+                queued.job.runSynchronously(on: task)
+            }
         }
         runningJobs.removeAll(keepingCapacity: true)
     }
@@ -205,6 +208,11 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
         var sawWake = false
         while true {
             let n = Int(rr_ring_reap(ring, completions, UInt32(Self.completionBatch)))
+            // rr_ring_reap has already freed the relays whose ends are in this batch. Forget them
+            // before any callback of the batch runs: one that stops such a relay must not reach it.
+            for i in 0..<n where completions[i].flags & RR_COMPLETION_RELAY_END != 0 {
+                slots.lookup(completions[i].user_data)?.pointee.relay = nil
+            }
             for i in 0..<n {
                 let c = completions[i]
                 if c.user_data == RR_UD_WAKE {
@@ -275,8 +283,32 @@ public final class RingExecutor: TaskExecutor, SerialExecutor, @unchecked Sendab
     }
 
     var rawRing: OpaquePointer { ring! }
-    var lastAllocatedUserData: UInt64 { slots.lastAllocated }
     var isStopping: Bool { stopping }
+}
+
+struct QueuedJob {
+    let job: UnownedJob
+    /// Enqueued through `serial`: runs isolated to an actor that lives on this ring.
+    let isolated: Bool
+}
+
+/// The serial executor of a ring, for actors pinned to it (`unownedExecutor`).
+public final class RingSerialExecutor: SerialExecutor, @unchecked Sendable {
+    public unowned let ring: RingExecutor
+
+    init(_ ring: RingExecutor) { self.ring = ring }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        ring.enqueue(QueuedJob(job: UnownedJob(job), isolated: true))
+    }
+
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: self)
+    }
+
+    public func checkIsolated() {
+        precondition(ring.isCurrent, "not on the ring thread of RingExecutor \(ring.index)")
+    }
 }
 
 /// Counters of one worker's relays and pipe pool.

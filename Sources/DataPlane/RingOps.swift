@@ -24,8 +24,10 @@ extension RingExecutor {
     /// Submits one operation, optionally bounded by a linked timeout, and waits for its completion.
     /// Must run on the ring thread. The slot passed to `prepare` stays valid until the completion,
     /// so arguments the kernel reads late (timespecs, addresses) belong in it.
+    /// `submitted` learns the operation's user_data (to cancel it later).
     func perform(
         timeout: Duration? = nil,
+        submitted: ((UInt64) -> Void)? = nil,
         _ prepare: (UnsafeMutablePointer<io_uring_sqe>, UnsafeMutablePointer<OpSlot>) -> Void
     ) async -> Outcome {
         precondition(isCurrent, "ring operations must run on the ring thread")
@@ -37,6 +39,7 @@ extension RingExecutor {
                 let sqe = self.sqe()
                 prepare(sqe, slot)
                 io_uring_sqe_set_data64(sqe, userData)
+                submitted?(userData)
                 if let timeout {
                     sqe.pointee.flags |= RR_IOSQE_IO_LINK
                     slot.pointee.timeout = __kernel_timespec(timeout)

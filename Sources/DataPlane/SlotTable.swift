@@ -30,8 +30,6 @@ struct SlotTable {
     private var chunks: [UnsafeMutablePointer<OpSlot>] = []
     private var freeHead: Int32 = -1
     private(set) var inFlight = 0
-    /// user_data handed out by the latest `allocate()`; lets a caller learn its own operation's tag.
-    private(set) var lastAllocated: UInt64 = 0
 
     mutating func allocate() -> (slot: UnsafeMutablePointer<OpSlot>, userData: UInt64) {
         if freeHead < 0 { grow() }
@@ -41,8 +39,7 @@ struct SlotTable {
         slot.pointee.inUse = true
         slot.pointee.cancelRequested = false
         inFlight += 1
-        lastAllocated = UInt64(slot.pointee.generation) << 32 | UInt64(index)
-        return (slot, lastAllocated)
+        return (slot, UInt64(slot.pointee.generation) << 32 | UInt64(index))
     }
 
     /// The slot an operation's user_data names, if that operation is still in flight.
@@ -77,6 +74,16 @@ struct SlotTable {
         slot.pointee.nextFree = freeHead
         freeHead = index
         inFlight -= 1
+    }
+
+    /// Frees the slot storage. Only for an executor that is going away (nothing in flight).
+    mutating func deallocateAll() {
+        for chunk in chunks {
+            chunk.deinitialize(count: Self.chunkSize)
+            chunk.deallocate()
+        }
+        chunks = []
+        freeHead = -1
     }
 
     func forEachInFlight(_ body: (UInt64, OpSlot) -> Void) {

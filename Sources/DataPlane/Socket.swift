@@ -61,6 +61,9 @@ public enum Socket {
 
     public static func shutdownWrite(_ fd: Int32) { Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
+    /// Shuts a socket down both ways, waking any poll or accept the ring has on it.
+    public static func shutdownBoth(_ fd: Int32) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
     /// Closes a listening socket and wakes an accept waiting on it in the ring (a plain close
     /// would not: the ring holds its own reference to the file).
     public static func closeListener(_ fd: Int32) {
