@@ -9,7 +9,14 @@ public final class Client: Sendable {
     let group: RingGroup
     let transport: any Transport
     let logger: Logger
-    private let services = Mutex<[String: Task<Void, Never>]>([:])
+    private let services = Mutex<[String: RunningService]>([:])
+
+    /// A service's control-channel task and the connections it relays.
+    struct RunningService {
+        let config: ClientServiceConfig
+        let task: Task<Void, Never>
+        let connections: ConnectionSet
+    }
 
     public init(config: ClientConfig, group: RingGroup, logger: Logger) throws(StartError) {
         self.config = config
@@ -25,34 +32,53 @@ public final class Client: Sendable {
     }
 
     public func shutdown() {
-        services.withLock { tasks in
-            tasks.values.forEach { $0.cancel() }
-            tasks.removeAll()
+        services.withLock { running in
+            running.values.forEach { $0.task.cancel() }
+            running.removeAll()
         }
     }
 
     func addService(_ service: ClientServiceConfig) {
         let ring = group.next()
-        let task = Task(executorPreference: ring) { await self.keepControlChannel(service, ring: ring) }
-        services.withLock { $0[service.name] = task }
+        let connections = ConnectionSet()
+        let task = Task(executorPreference: ring) {
+            await self.keepControlChannel(service, connections: connections, ring: ring)
+        }
+        services.withLock { $0[service.name] = RunningService(config: service, task: task, connections: connections) }
     }
 
-    func removeService(named name: String) {
-        let task = services.withLock { $0.removeValue(forKey: name) }
-        task?.cancel()
+    /// Stops a service's control channel at once; the connections it relays get `grace` to finish.
+    func removeService(named name: String, grace: Duration) {
+        guard let running = services.withLock({ $0.removeValue(forKey: name) }) else { return }
+        running.task.cancel()
+        stopAfter(grace, running.connections)
+    }
+
+    /// The services running now, by name.
+    var runningServices: [String: ClientServiceConfig] {
+        services.withLock { $0.mapValues(\.config) }
+    }
+
+    private func stopAfter(_ grace: Duration, _ connections: ConnectionSet) {
+        guard connections.count > 0 else { return }
+        let ring = group.next()
+        Task(executorPreference: ring) {
+            try? await ring.sleep(for: grace)
+            connections.stopAll()
+        }
     }
 
     // MARK: Control channel
 
     /// Connects, authenticates and serves the control channel; reconnects forever with exponential
     /// backoff capped at the service's retry_interval, until cancelled.
-    private func keepControlChannel(_ service: ClientServiceConfig, ring: RingExecutor) async {
+    private func keepControlChannel(_ service: ClientServiceConfig, connections: ConnectionSet, ring: RingExecutor) async {
         let cap = Duration.seconds(max(1, service.retryInterval))
         var backoff = Duration.milliseconds(100)
         while !Task.isCancelled {
             var established = false
             do throws(ControlError) {
-                try await runControlChannel(service, ring: ring, established: &established)
+                try await runControlChannel(service, connections: connections, ring: ring, established: &established)
             } catch {
                 if case .io(.cancelled) = error, Task.isCancelled { break }
                 logger.error("service \(service.name): \(error); retrying in \(backoff.secondsText)")
@@ -64,7 +90,8 @@ public final class Client: Sendable {
         logger.debug("service \(service.name): control channel stopped")
     }
 
-    private func runControlChannel(_ service: ClientServiceConfig, ring: RingExecutor, established: inout Bool) async throws(ControlError) {
+    private func runControlChannel(_ service: ClientServiceConfig, connections: ConnectionSet, ring: RingExecutor,
+                                   established: inout Bool) async throws(ControlError) {
         let remote: SocketAddress
         do throws(IOError) {
             remote = try await config.remoteAddr.resolve(preferIPv6: config.preferIPv6)
@@ -109,7 +136,7 @@ public final class Client: Sendable {
             case .createDataChannel:
                 let dataRing = group.next()
                 Task(executorPreference: dataRing) {
-                    await self.runDataChannel(service, remote: remote, sessionKey: sessionKey, ring: dataRing)
+                    await self.runDataChannel(service, remote: remote, sessionKey: sessionKey, connections: connections, ring: dataRing)
                 }
             case .heartBeat:
                 logger.trace("service \(service.name): heartbeat")
@@ -119,7 +146,8 @@ public final class Client: Sendable {
 
     // MARK: Data channels
 
-    private func runDataChannel(_ service: ClientServiceConfig, remote: SocketAddress, sessionKey: Digest, ring: RingExecutor) async {
+    private func runDataChannel(_ service: ClientServiceConfig, remote: SocketAddress, sessionKey: Digest,
+                                connections: ConnectionSet, ring: RingExecutor) async {
         let stream: ByteStream
         do throws(TransportError) {
             stream = try await transport.connect(to: remote, on: ring)
@@ -142,13 +170,13 @@ public final class Client: Sendable {
         }
         switch command {
         case .startForwardTcp:
-            await forwardTCP(service, channel: stream, ring: ring)
+            await forwardTCP(service, channel: stream, connections: connections, ring: ring)
         case .startForwardUdp:
             await forwardUDP(service, channel: stream, ring: ring)
         }
     }
 
-    private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, ring: RingExecutor) async {
+    private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, connections: ConnectionSet, ring: RingExecutor) async {
         let local: Int32
         do throws(IOError) {
             let address = try await service.localAddr.resolve(preferIPv6: service.preferIPv6)
@@ -161,7 +189,7 @@ public final class Client: Sendable {
         Socket.setNoDelay(local, service.nodelay)
         let name = service.name
         let logger = self.logger
-        await relay(channel, SocketStream(fd: local, ring: ring), on: ring) { result in
+        await relay(channel, SocketStream(fd: local, ring: ring), on: ring, tracking: connections) { result in
             logger.debug("service \(name): connection done: \(result)")
         }
     }

@@ -71,6 +71,20 @@ public final class Server: Sendable {
 
     // MARK: Services
 
+    /// Stops a service: its port closes and its control channel ends at once; the visitors it is
+    /// relaying get `grace` to finish.
+    func removeService(named name: String, grace: Duration) async {
+        guard let entry = await hub.entry(named: name) else { return }
+        await hub.unregister(entry)
+        let connections = entry.connections
+        guard connections.count > 0 else { return }
+        let ring = group.next()
+        Task(executorPreference: ring) {
+            try? await ring.sleep(for: grace)
+            connections.stopAll()
+        }
+    }
+
     func addService(_ service: ServerServiceConfig) {
         let entry = ServiceEntry(config: service)
         switch service.type {
@@ -149,7 +163,7 @@ public final class Server: Sendable {
             }
             let name = service.name
             let logger = self.logger
-            await relay(SocketStream(fd: visitor, ring: ring), channel, on: ring) { result in
+            await relay(SocketStream(fd: visitor, ring: ring), channel, on: ring, tracking: entry.connections) { result in
                 logger.debug("service \(name): visitor \(peer) done: \(result)")
             }
             return

@@ -41,6 +41,8 @@ actor ServerHub {
 
     func service(_ digest: Digest) -> ServiceEntry? { services[digest] }
 
+    func entry(named name: String) -> ServiceEntry? { services[Digest.service(named: name)] }
+
     func closeAll() {
         for entry in services.values { unregister(entry) }
     }
@@ -184,6 +186,8 @@ final class ServiceEntry: @unchecked Sendable {
     var session: ControlSession?
     var pool = FIFO<PooledChannel>()
     var waiters = FIFO<WaitingVisitor>()
+    /// The visitors being relayed, so that removing the service can end them after a grace period.
+    let connections = ConnectionSet()
     /// Set for UDP services, before the entry is shared.
     var udp: UDPServerForwarder?
     private let listeners = Mutex<[Int32]>([])

@@ -1,5 +1,6 @@
 import DataPlane
 import Glibc
+import Synchronization
 
 /// How connections between client and server are made: plain TCP, or an encrypted stream on top.
 /// The rathole protocol runs unchanged inside whatever stream the transport returns.
@@ -106,14 +107,61 @@ enum ControlError: Error, CustomStringConvertible {
 }
 
 /// Relays a visitor and a data channel: splice when both are plain sockets, copy otherwise.
-/// Takes ownership of both streams.
-func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, onEnd: @escaping @Sendable (RelayResult) -> Void) async {
+/// Takes ownership of both streams. The relay is tracked in `connections` until it ends, so a
+/// service that is removed can stop what it still relays.
+func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, tracking connections: ConnectionSet,
+           onEnd: @escaping @Sendable (RelayResult) -> Void) async {
     if let fa = a.spliceableFD, let fb = b.spliceableFD,
        let sa = a as? SocketStream, let sb = b as? SocketStream {
         _ = sa.detach()
         _ = sb.detach()
-        ring.startRelay(fa, fb, onEnd: onEnd)
+        try? await ring.onRing { () async throws(IOError) in
+            let id = connections.reserve()
+            let handle = ring.startRelay(fa, fb) { result in
+                connections.remove(id)
+                onEnd(result)
+            }
+            connections.register(id) { handle.stop() }
+        }
     } else {
-        onEnd(await CopyRelay.run(a, b, on: ring))
+        let task = Task(executorPreference: ring) { await CopyRelay.run(a, b, on: ring) }
+        let id = connections.reserve()
+        connections.register(id) { task.cancel() }
+        let result = await task.value
+        connections.remove(id)
+        onEnd(result)
+    }
+}
+
+/// The connections a service is relaying, each with a way to stop it.
+final class ConnectionSet: Sendable {
+    private let state = Mutex<(next: Int, stoppers: [Int: @Sendable () -> Void])>((0, [:]))
+
+    func reserve() -> Int {
+        state.withLock { s in
+            s.next += 1
+            return s.next
+        }
+    }
+
+    /// Files how to stop connection `id`.
+    func register(_ id: Int, stop: @escaping @Sendable () -> Void) {
+        state.withLock { $0.stoppers[id] = stop }
+    }
+
+    func remove(_ id: Int) {
+        _ = state.withLock { $0.stoppers.removeValue(forKey: id) }
+    }
+
+    var count: Int { state.withLock { $0.stoppers.count } }
+
+    /// Stops every connection still running.
+    func stopAll() {
+        let stoppers = state.withLock { s -> [@Sendable () -> Void] in
+            let all = Array(s.stoppers.values)
+            s.stoppers.removeAll()
+            return all
+        }
+        stoppers.forEach { $0() }
     }
 }

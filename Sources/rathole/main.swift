@@ -37,7 +37,7 @@ struct Rathole: ParsableCommand {
         }
         let level = logLevel(fromRustLog: getenv("RUST_LOG").map { String(cString: $0) })
         LoggingSystem.bootstrap { RatholeLogHandler(label: $0, logLevel: level) }
-        let code = Instance.run(configPath: config!, forced: server ? .server : client ? .client : nil)
+        let code = Process.run(configPath: config!, forced: server ? .server : client ? .client : nil)
         throw ExitCode(code)
     }
 }

@@ -3,19 +3,10 @@ import DataPlane
 import Glibc
 import Logging
 
-/// One running server or client, from its config file until a signal ends it.
-enum Instance {
-    /// Returns the process exit code: 0 after a graceful stop, 1 when the config or start-up fails.
+/// The process around one Instance: signals in, exit code out.
+enum Process {
+    /// Returns the exit code: 0 after a graceful stop, 1 when the config or start-up fails.
     static func run(configPath: String, forced: Mode?) -> Int32 {
-        let config: Config
-        let mode: Mode
-        do {
-            config = try Config.load(path: configPath)
-            mode = try config.mode(forced: forced)
-        } catch {
-            writeStderr("error: \(error)\n")
-            return 1
-        }
         // Signals are taken by sigwait below; block them before any thread exists so none inherits them.
         var signals = sigset_t()
         sigemptyset(&signals)
@@ -23,7 +14,6 @@ enum Instance {
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         Socket.raiseOpenFileLimit()
 
-        let logger = Logger(label: "rathole::\(mode)")
         let group: RingGroup
         do {
             group = try RingGroup()
@@ -31,32 +21,26 @@ enum Instance {
             writeStderr("error: cannot start the io_uring workers: \(error)\n")
             return 1
         }
-        let stop: () -> Void
+        let instance: Instance
         do {
-            switch mode {
-            case .server:
-                let server = try Server(config: config.server!, group: group, logger: logger)
-                try server.start()
-                stop = { waitFor { await server.shutdown() } }
-            case .client:
-                let client = try Client(config: config.client!, group: group, logger: logger)
-                client.start()
-                stop = { client.shutdown() }
-            }
+            instance = try Instance(path: configPath, forced: forced, group: group)
         } catch {
             writeStderr("error: \(error)\n")
             return 1
         }
+        instance.watchConfigFile()
+        let logger = instance.logger
 
         while true {
             var received: Int32 = 0
             sigwait(&signals, &received)
             if received == SIGHUP {
-                logger.info("SIGHUP received")
+                logger.info("SIGHUP: reloading \(configPath)")
+                waitFor { await instance.reload() }
                 continue
             }
             logger.info("shutting down")
-            stop()
+            waitFor { await instance.shutdown() }
             group.shutdown()
             return 0
         }

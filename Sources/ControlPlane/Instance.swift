@@ -1,0 +1,210 @@
+import DataPlane
+import Logging
+import Synchronization
+
+/// One running server or client built from a config file, which it follows: on a change of the
+/// file (or `reload()`, on SIGHUP) services are added, removed or restarted one by one, and a
+/// change of the instance's own settings restarts the instance gracefully. A file that does not
+/// parse or validate is rejected with one line, and the running config stays in force.
+public final class Instance: Sendable {
+    public let path: String
+    public let mode: Mode
+    let group: RingGroup
+    public let logger: Logger
+    private let state: Mutex<State>
+    private let reloads = Mutex<(running: Bool, pending: Bool)>((false, false))
+    private let watcher = Mutex<Task<Void, Never>?>(nil)
+
+    /// How long the connections of a removed or changed service may go on.
+    static let grace: Duration = .seconds(30)
+
+    private struct State {
+        var config: Config
+        var server: Server?
+        var client: Client?
+    }
+
+    /// Loads the file and starts. Errors are one line naming the file and key.
+    public init(path: String, forced: Mode?, group: RingGroup) throws(StartError) {
+        let config: Config
+        do {
+            config = try Config.load(path: path)
+            mode = try config.mode(forced: forced)
+        } catch {
+            throw StartError(error.description)
+        }
+        self.path = path
+        self.group = group
+        let logger = Logger(label: "rathole::\(mode)")
+        self.logger = logger
+        var state = State(config: config)
+        switch mode {
+        case .server: state.server = try Self.startServer(config.server!, group: group, logger: logger)
+        case .client: state.client = try Self.startClient(config.client!, group: group, logger: logger)
+        }
+        self.state = Mutex(state)
+    }
+
+    private static func startServer(_ config: ServerConfig, group: RingGroup, logger: Logger) throws(StartError) -> Server {
+        let server = try Server(config: config, group: group, logger: logger)
+        try server.start()
+        return server
+    }
+
+    private static func startClient(_ config: ClientConfig, group: RingGroup, logger: Logger) throws(StartError) -> Client {
+        let client = try Client(config: config, group: group, logger: logger)
+        client.start()
+        return client
+    }
+
+    /// Follows the config file: reloads after it changed and stayed quiet for a moment.
+    public func watchConfigFile() {
+        let watched: FileWatcher
+        do {
+            watched = try FileWatcher(path: path)
+        } catch {
+            logger.warning("cannot watch \(path) for changes (\(error)); reload with SIGHUP")
+            return
+        }
+        let ring = group.executors[0]
+        let task = Task(executorPreference: ring) {
+            while !Task.isCancelled {
+                do { try await watched.nextChange(on: ring) } catch { return }
+                await self.reload()
+            }
+        }
+        watcher.withLock { $0 = task }
+    }
+
+    /// Re-reads the file and applies the difference. Reloads never overlap: one asked for while
+    /// another runs is done right after it.
+    public func reload() async {
+        let first = reloads.withLock { r -> Bool in
+            if r.running {
+                r.pending = true
+                return false
+            }
+            r.running = true
+            return true
+        }
+        guard first else { return }
+        while true {
+            await reloadOnce()
+            let again = reloads.withLock { r -> Bool in
+                if r.pending {
+                    r.pending = false
+                    return true
+                }
+                r.running = false
+                return false
+            }
+            if !again { return }
+        }
+    }
+
+    private func reloadOnce() async {
+        let new: Config
+        do {
+            new = try Config.load(path: path)
+            guard try new.mode(forced: mode) == mode else { return }
+        } catch {
+            logger.error("config not reloaded, the running one stays: \(error)")
+            return
+        }
+        let current = state.withLock { $0 }
+        switch mode {
+        case .server: await apply(new.server!, over: current.config.server!, current.server!)
+        case .client: apply(new.client!, over: current.config.client!, current.client!)
+        }
+        state.withLock { $0.config = new }
+    }
+
+    private func apply(_ new: ServerConfig, over old: ServerConfig, _ server: Server) async {
+        if new.bindAddr != old.bindAddr || new.transport != old.transport || new.heartbeatInterval != old.heartbeatInterval {
+            logger.info("server.bind_addr, server.transport or server.heartbeat_interval changed: restarting the server")
+            await server.shutdown()
+            do {
+                let fresh = try Self.startServer(new, group: group, logger: logger)
+                state.withLock { $0.server = fresh }
+            } catch {
+                logger.error("new server settings failed (\(error)); restoring the previous ones")
+                if let restored = try? Self.startServer(old, group: group, logger: logger) {
+                    state.withLock { $0.server = restored }
+                }
+            }
+            return
+        }
+        for change in diff(old.services, new.services) {
+            switch change {
+            case .removed(let name):
+                await server.removeService(named: name, grace: Self.grace)
+                logger.info("service \(name) removed")
+            case .added(let service):
+                server.addService(service)
+                logger.info("service \(service.name) added")
+            case .changed(let service):
+                await server.removeService(named: service.name, grace: Self.grace)
+                server.addService(service)
+                logger.info("service \(service.name) changed: restarted")
+            }
+        }
+    }
+
+    private func apply(_ new: ClientConfig, over old: ClientConfig, _ client: Client) {
+        if new.remoteAddr != old.remoteAddr || new.transport != old.transport || new.heartbeatTimeout != old.heartbeatTimeout
+            || new.preferIPv6 != old.preferIPv6 {
+            logger.info("client.remote_addr, client.transport, client.heartbeat_timeout or client.prefer_ipv6 changed: restarting the client")
+            do {
+                let fresh = try Self.startClient(new, group: group, logger: logger)
+                client.shutdown()
+                state.withLock { $0.client = fresh }
+            } catch {
+                logger.error("new client settings rejected, the running ones stay: \(error)")
+            }
+            return
+        }
+        for change in diff(old.services, new.services) {
+            switch change {
+            case .removed(let name):
+                client.removeService(named: name, grace: Self.grace)
+                logger.info("service \(name) removed")
+            case .added(let service):
+                client.addService(service)
+                logger.info("service \(service.name) added")
+            case .changed(let service):
+                client.removeService(named: service.name, grace: Self.grace)
+                client.addService(service)
+                logger.info("service \(service.name) changed: restarted")
+            }
+        }
+    }
+
+    /// Stops everything: listeners, control and data channels. Relays end with the ring group.
+    public func shutdown() async {
+        watcher.withLock { $0?.cancel() }
+        let current = state.withLock { $0 }
+        await current.server?.shutdown()
+        current.client?.shutdown()
+    }
+}
+
+enum ServiceChange<Service> {
+    case added(Service)
+    case removed(String)
+    case changed(Service)
+}
+
+/// What changed between two sets of services, in name order.
+func diff<Service: Equatable>(_ old: [String: Service], _ new: [String: Service]) -> [ServiceChange<Service>] {
+    var changes: [ServiceChange<Service>] = []
+    for name in old.keys.sorted() where new[name] == nil { changes.append(.removed(name)) }
+    for name in new.keys.sorted() {
+        guard let service = new[name] else { continue }
+        if let previous = old[name] {
+            if previous != service { changes.append(.changed(service)) }
+        } else {
+            changes.append(.added(service))
+        }
+    }
+    return changes
+}
