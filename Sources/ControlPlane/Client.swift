@@ -92,11 +92,17 @@ public final class Client: Sendable {
 
     private func runControlChannel(_ service: ClientServiceConfig, connections: ConnectionSet, ring: RingExecutor,
                                    established: inout Bool) async throws(ControlError) {
-        let remote: SocketAddress
-        do throws(IOError) {
-            remote = try await config.remoteAddr.resolve(preferIPv6: config.preferIPv6)
-        } catch {
-            throw .refused("cannot resolve client.remote_addr \(config.remoteAddr): \(error)")
+        // Resolved once per control channel; its data channels reuse the address. A proxy resolves
+        // the name itself.
+        let remote: Endpoint
+        if config.transport.tcp.proxy != nil {
+            remote = .name(config.remoteAddr)
+        } else {
+            do throws(IOError) {
+                remote = .address(try await config.remoteAddr.resolve(preferIPv6: config.preferIPv6))
+            } catch {
+                throw .refused("cannot resolve client.remote_addr \(config.remoteAddr): \(error)")
+            }
         }
         let stream: ByteStream
         do throws(TransportError) {
@@ -146,7 +152,7 @@ public final class Client: Sendable {
 
     // MARK: Data channels
 
-    private func runDataChannel(_ service: ClientServiceConfig, remote: SocketAddress, sessionKey: Digest,
+    private func runDataChannel(_ service: ClientServiceConfig, remote: Endpoint, sessionKey: Digest,
                                 connections: ConnectionSet, ring: RingExecutor) async {
         let stream: ByteStream
         do throws(TransportError) {

@@ -45,8 +45,8 @@ struct NoiseTransport: Transport {
         self.tcp = tcp
     }
 
-    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let raw = try await tcp.connect(to: address, on: ring)
+    func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let raw = try await tcp.connect(to: endpoint, on: ring)
         return try await secure(raw.fd, ring: ring)
     }
 

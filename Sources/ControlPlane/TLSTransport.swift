@@ -28,8 +28,8 @@ struct TLSTransport: Transport {
         }
     }
 
-    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let raw = try await tcp.connect(to: address, on: ring)
+    func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let raw = try await tcp.connect(to: endpoint, on: ring)
         return try await secure(raw.fd, ring: ring)
     }
 

@@ -6,9 +6,22 @@ import Synchronization
 /// The rathole protocol runs unchanged inside whatever stream the transport returns.
 protocol Transport: Sendable {
     /// Client side: a connected stream to the server, handshake done.
-    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream
+    func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream
     /// Server side: the handshake on a freshly accepted socket (which the stream then owns).
     func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream
+}
+
+/// Where the client connects: an address it resolved, or a name a proxy resolves.
+enum Endpoint: Sendable, CustomStringConvertible {
+    case address(SocketAddress)
+    case name(HostPort)
+
+    var description: String {
+        switch self {
+        case .address(let a): return a.description
+        case .name(let n): return n.description
+        }
+    }
 }
 
 /// A transport failure, one line naming what failed.
@@ -19,25 +32,27 @@ struct TransportError: Error, CustomStringConvertible {
     init(_ error: IOError) { description = error.description }
 }
 
-/// Plain TCP: the stream is the socket itself, so data channels can be spliced.
+/// Plain TCP: the stream is the socket itself, so data channels can be spliced. With
+/// `[client.transport.tcp] proxy`, connections go through a SOCKS5 or HTTP CONNECT proxy first.
 struct TCPTransport: Transport {
     let options: TcpConfig
-    /// SOCKS5/HTTP proxy in front of the server (client only).
-    let connector: @Sendable (SocketAddress, RingExecutor) async throws(TransportError) -> Int32
+    static let connectTimeout: Duration = .seconds(10)
 
-    init(options: TcpConfig) {
-        self.options = options
-        connector = { address, ring throws(TransportError) in
-            do throws(IOError) {
-                return try await Socket.connect(to: address, on: ring, timeout: .seconds(10))
+    init(options: TcpConfig) { self.options = options }
+
+    func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let fd: Int32
+        if let proxy = options.proxy {
+            guard case .name(let target) = endpoint else { preconditionFailure("a proxied connection names its target") }
+            fd = try await ProxyConnector(proxy).connect(to: target, on: ring, timeout: Self.connectTimeout)
+        } else {
+            guard case .address(let address) = endpoint else { preconditionFailure("a direct connection needs an address") }
+            do {
+                fd = try await Socket.connect(to: address, on: ring, timeout: Self.connectTimeout)
             } catch {
                 throw TransportError(error)
             }
         }
-    }
-
-    func connect(to address: SocketAddress, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let fd = try await connector(address, ring)
         applyOptions(fd)
         return SocketStream(fd: fd, ring: ring)
     }
