@@ -449,3 +449,13 @@ void *rr_current_executor(void) { return current_executor; }
 void rr_set_current_executor(void *executor) { current_executor = executor; }
 
 int rr_errno(void) { return errno; }
+
+_Static_assert(sizeof(rr_mmsghdr) == sizeof(struct mmsghdr), "rr_mmsghdr must match struct mmsghdr");
+
+int rr_recvmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags) {
+    return recvmmsg(fd, (struct mmsghdr *)messages, count, flags, NULL);
+}
+
+int rr_sendmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags) {
+    return sendmmsg(fd, (struct mmsghdr *)messages, count, flags);
+}

@@ -58,8 +58,9 @@ final class DatagramChannel: @unchecked Sendable {
     }
 
     /// Reads frames and hands each to `deliver` until the channel ends; returns why it ended.
+    /// The payloads stay valid until `endOfBatch` runs, after the frames of each read.
     /// A malformed frame ends this channel only.
-    func runReader(_ deliver: (UdpHeader, UnsafeRawBufferPointer) -> Void) async -> String {
+    func runReader(_ deliver: (UdpHeader, UnsafeRawBufferPointer) -> Void, endOfBatch: () -> Void) async -> String {
         var input = ByteBuffer()
         defer { close() }
         while alive {
@@ -68,14 +69,19 @@ final class DatagramChannel: @unchecked Sendable {
             do { n = try await stream.read(into: space) } catch { return "\(error)" }
             if n == 0 { return "closed by the peer" }
             input.commit(n)
+            var parsed = 0
             do throws(ProtocolError) {
-                while let (header, size) = try UdpFrame.parse(input.readable) {
-                    deliver(header, UnsafeRawBufferPointer(rebasing: input.readable[header.prefixSize..<size]))
-                    input.consume(size)
+                let bytes = input.readable
+                while let (header, size) = try UdpFrame.parse(UnsafeRawBufferPointer(rebasing: bytes[parsed...])) {
+                    let payload = bytes[(parsed + header.prefixSize)..<(parsed + size)]
+                    deliver(header, UnsafeRawBufferPointer(rebasing: payload))
+                    parsed += size
                 }
             } catch {
                 return "malformed UDP frame: \(error)"
             }
+            endOfBatch()
+            input.consume(parsed)
         }
         return "closed"
     }
@@ -120,20 +126,19 @@ final class UDPServerForwarder: @unchecked Sendable {
         }
         guard fd >= 0 else { return }
         logger.info("service \(service.name): listening at udp \(bind)")
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
-        defer {
-            buffer.deallocate()
-            Socket.close(fd)
-        }
+        defer { Socket.close(fd) }
+        let batch = ReceiveBatch(capacity: 16)
         while !stopped {
             do { _ = try await ring.poll(fd, events: Socket.readableEvents) } catch { break }
-            // Take what is queued, a bounded batch at a time so the ring stays responsive.
-            for _ in 0..<256 {
-                guard let (n, from) = (try? UDP.tryReceive(fd, into: buffer)) ?? nil else { break }
-                guard !channels.isEmpty, n <= UdpHeader.maxPayload else { continue }
-                let peer = PeerAddress(from)
-                let index = Int(UInt(bitPattern: peer.hashValue) % UInt(channels.count))
-                channels[index].send(UnsafeRawBufferPointer(rebasing: buffer[..<n]), peer: peer)
+            // Take what is queued, a bounded number of batches so the ring stays responsive.
+            for _ in 0..<16 {
+                guard let n = try? batch.receive(fd), n > 0 else { break }
+                guard !channels.isEmpty else { continue }
+                for i in 0..<n {
+                    let peer = PeerAddress(batch.sender(i))
+                    let index = Int(UInt(bitPattern: peer.hashValue) % UInt(channels.count))
+                    channels[index].send(batch.payload(i), peer: peer)
+                }
             }
         }
     }
@@ -149,9 +154,13 @@ final class UDPServerForwarder: @unchecked Sendable {
             channel.send(DataChannelCmd.startForwardUdp)
             self.channels.append(channel)
             Task(executorPreference: self.ring) { await channel.runWriter() }
-            let reason = await channel.runReader { header, payload in
-                UDP.trySend(self.fd, payload, to: header.from.socketAddress)
-            }
+            let replies = SendBatch(capacity: 64)
+            let reason = await channel.runReader({ header, payload in
+                if replies.isFull { replies.flush(self.fd) }
+                replies.add(payload, to: header.from.socketAddress)
+            }, endOfBatch: {
+                replies.flush(self.fd)
+            })
             self.channels.removeAll { $0 === channel }
             self.logger.debug("service \(self.service.name): udp data channel ended: \(reason)")
         }
@@ -188,10 +197,11 @@ extension Client {
         let channel = DatagramChannel(stream: stream, ring: ring)
         let visitors = UDPVisitorTable(ring: ring, channel: channel, local: local)
         Task(executorPreference: ring) { await channel.runWriter() }
-        let reason = await channel.runReader { header, payload in
-            guard let fd = visitors.socket(for: header.from) else { return }
-            UDP.trySend(fd, payload)
-        }
+        let reason = await channel.runReader({ header, payload in
+            visitors.forward(payload, from: header.from)
+        }, endOfBatch: {
+            visitors.flush()
+        })
         visitors.closeAll()
         logger.debug("service \(service.name): udp data channel ended: \(reason)")
     }
@@ -217,8 +227,11 @@ final class UDPVisitorTable: @unchecked Sendable {
     let channel: DatagramChannel
     let local: SocketAddress
     private var visitors: [PeerAddress: Visitor] = [:]
-    /// One receive buffer for all visitors: a datagram is framed before the next is read.
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+    /// One receive batch for all visitors: datagrams are framed before the next batch is read.
+    private let replies = ReceiveBatch(capacity: 16)
+    /// Datagrams to the local service, sent together; they all go out on `pendingFD`.
+    private let outgoing = SendBatch(capacity: 64)
+    private var pendingFD: Int32 = -1
 
     init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress) {
         self.ring = ring
@@ -226,12 +239,24 @@ final class UDPVisitorTable: @unchecked Sendable {
         self.local = local
     }
 
-    deinit { buffer.deallocate() }
-
     var count: Int { visitors.count }
 
+    /// Queues a visitor's datagram for the local service (sent by `flush`, or earlier when the
+    /// batch is full or the next datagram is another visitor's).
+    func forward(_ payload: UnsafeRawBufferPointer, from peer: PeerAddress) {
+        guard let fd = socket(for: peer) else { return }
+        if fd != pendingFD || outgoing.isFull { flush() }
+        pendingFD = fd
+        outgoing.add(payload, to: nil)
+    }
+
+    func flush() {
+        if outgoing.count > 0 { outgoing.flush(pendingFD) }
+        pendingFD = -1
+    }
+
     /// The local socket for a visitor, made on its first datagram; nil past the visitor limit.
-    func socket(for peer: PeerAddress) -> Int32? {
+    private func socket(for peer: PeerAddress) -> Int32? {
         if let v = visitors[peer] {
             v.lastActive = .now
             return v.fd
@@ -255,8 +280,8 @@ final class UDPVisitorTable: @unchecked Sendable {
             } catch {
                 break
             }
-            while let (n, _) = (try? UDP.tryReceive(v.fd, into: buffer)) ?? nil {
-                if n > 0 { channel.send(UnsafeRawBufferPointer(rebasing: buffer[..<n]), peer: v.peer) }
+            while let n = try? replies.receive(v.fd), n > 0 {
+                for i in 0..<n { channel.send(replies.payload(i), peer: v.peer) }
                 v.lastActive = .now
             }
         }

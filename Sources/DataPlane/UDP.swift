@@ -105,3 +105,109 @@ extension SocketAddress {
         }
     }
 }
+
+/// Receives up to `capacity` datagrams in one recvmmsg(2). Slots are sized for the largest UDP
+/// payload, so nothing is ever truncated.
+public final class ReceiveBatch {
+    public let capacity: Int
+    static let slotSize = 65536
+    private let headers: UnsafeMutablePointer<rr_mmsghdr>
+    private let iovecs: UnsafeMutablePointer<iovec>
+    private let addresses: UnsafeMutablePointer<sockaddr_in6>
+    private let storage: UnsafeMutableRawPointer
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        headers = .allocate(capacity: capacity)
+        iovecs = .allocate(capacity: capacity)
+        addresses = .allocate(capacity: capacity)
+        storage = .allocate(byteCount: capacity * Self.slotSize, alignment: 64)
+        for i in 0..<capacity {
+            iovecs[i] = iovec(iov_base: storage + i * Self.slotSize, iov_len: Self.slotSize)
+        }
+    }
+
+    deinit {
+        headers.deallocate()
+        iovecs.deallocate()
+        addresses.deallocate()
+        storage.deallocate()
+    }
+
+    /// Receives what is queued (up to capacity); 0 when nothing is.
+    public func receive(_ fd: Int32) throws(IOError) -> Int {
+        for i in 0..<capacity {
+            headers[i] = rr_mmsghdr()
+            headers[i].msg_hdr.msg_name = UnsafeMutableRawPointer(addresses + i)
+            headers[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            headers[i].msg_hdr.msg_iov = iovecs + i
+            headers[i].msg_hdr.msg_iovlen = 1
+        }
+        let n = rr_recvmmsg(fd, headers, UInt32(capacity), Int32(MSG_DONTWAIT))
+        if n >= 0 { return Int(n) }
+        if errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNREFUSED { return 0 }
+        throw .system(.current, operation: "recvmmsg")
+    }
+
+    public func payload(_ i: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: storage + i * Self.slotSize, count: Int(headers[i].msg_len))
+    }
+
+    public func sender(_ i: Int) -> SocketAddress { SocketAddress(storage: addresses[i]) }
+}
+
+/// Collects datagrams (pointers into the caller's buffers, valid until `flush`) and sends them
+/// with one sendmmsg(2). Datagrams the kernel cannot queue are dropped, as UDP would.
+public final class SendBatch {
+    public let capacity: Int
+    private let headers: UnsafeMutablePointer<rr_mmsghdr>
+    private let iovecs: UnsafeMutablePointer<iovec>
+    private let addresses: UnsafeMutablePointer<sockaddr_in6>
+    public private(set) var count = 0
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        headers = .allocate(capacity: capacity)
+        iovecs = .allocate(capacity: capacity)
+        addresses = .allocate(capacity: capacity)
+    }
+
+    deinit {
+        headers.deallocate()
+        iovecs.deallocate()
+        addresses.deallocate()
+    }
+
+    public var isFull: Bool { count == capacity }
+
+    /// Adds a datagram for `address` (nil: the socket's connected peer).
+    public func add(_ payload: UnsafeRawBufferPointer, to address: SocketAddress?) {
+        precondition(count < capacity)
+        iovecs[count] = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count)
+        headers[count] = rr_mmsghdr()
+        if let address {
+            addresses[count] = address.storage
+            headers[count].msg_hdr.msg_name = UnsafeMutableRawPointer(addresses + count)
+            headers[count].msg_hdr.msg_namelen = address.length
+        }
+        headers[count].msg_hdr.msg_iov = iovecs + count
+        headers[count].msg_hdr.msg_iovlen = 1
+        count += 1
+    }
+
+    /// Sends the collected datagrams on `fd`.
+    public func flush(_ fd: Int32) {
+        var sent = 0
+        while sent < count {
+            let n = rr_sendmmsg(fd, headers + sent, UInt32(count - sent), Int32(MSG_DONTWAIT))
+            if n > 0 {
+                sent += Int(n)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                sent += 1   // this one cannot go (queue full, unreachable): drop it, try the rest
+            }
+        }
+        count = 0
+    }
+}

@@ -86,7 +86,15 @@ void rr_ring_counters(const rr_ring *ring, rr_counters *out);
 void *rr_current_executor(void);
 void rr_set_current_executor(void *executor);
 
-// Swift cannot use the CMSG_* / sockaddr casts comfortably; tiny helpers.
 int rr_errno(void);
+
+// recvmmsg/sendmmsg and their struct are only declared with _GNU_SOURCE, which Swift's Glibc module
+// is not built with. Same layout as struct mmsghdr.
+typedef struct rr_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+} rr_mmsghdr;
+int rr_recvmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags);
+int rr_sendmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags);
 
 #endif
