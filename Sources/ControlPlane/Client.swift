@@ -193,11 +193,12 @@ public final class Client: Sendable {
             return
         }
         Socket.setNoDelay(local, service.nodelay)
-        let name = service.name
-        let logger = self.logger
-        await relay(channel, SocketStream(fd: local, ring: ring), on: ring, tracking: connections) { result in
-            logger.debug("service \(name): connection done: \(result)")
+        var onEnd: (@Sendable (RelayResult) -> Void)?
+        if logger.logLevel <= .debug {
+            let (name, logger) = (service.name, self.logger)
+            onEnd = { logger.debug("service \(name): connection done: \($0)") }
         }
+        await relay(channel, SocketStream(fd: local, ring: ring), on: ring, tracking: connections, onEnd: onEnd)
     }
 }
 

@@ -8,6 +8,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import DataPlane
 import TOMLKit
 
 // MARK: - Errors
@@ -425,24 +426,13 @@ private func oneLine(_ s: String) -> String {
 }
 
 private func readText(_ path: String) throws(ConfigError) -> String {
-    func failure(_ what: String) -> ConfigError {
-        let reason = String(cString: strerror(errno))
-        return ConfigError(file: path, key: nil, message: "cannot \(what): \(reason)")
-    }
-    guard let f = fopen(path, "rb") else { throw failure("open the file") }
-    defer { fclose(f) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, f) }
-        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-        if n < chunk.count {
-            if ferror(f) != 0 { throw failure("read the file") }
-            break
-        }
-        guard bytes.count <= 16 << 20 else {
-            throw ConfigError(file: path, key: nil, message: "the file is larger than 16 MiB")
-        }
+    let bytes: [UInt8]
+    switch Files.read(path) {
+    case .success(let b): bytes = b
+    case .failure(let e) where e.rawValue == EFBIG:
+        throw ConfigError(file: path, key: nil, message: "the file is larger than 16 MiB")
+    case .failure(let e):
+        throw ConfigError(file: path, key: nil, message: "cannot read the file: \(e)")
     }
     guard let text = String(validating: bytes, as: UTF8.self) else {
         throw ConfigError(file: path, key: nil, message: "the file is not valid UTF-8")

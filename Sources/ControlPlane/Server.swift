@@ -146,12 +146,14 @@ public final class Server: Sendable {
     private func forward(visitor: Int32, of entry: ServiceEntry, ring: RingExecutor) async {
         let service = entry.config
         Socket.setNoDelay(visitor, service.nodelay)
-        let peer = Socket.peerAddress(visitor).map(\.description) ?? "?"
-        logger.debug("service \(service.name): new visitor \(peer)")
+        // The visitor's address only when a log line will show it: this is the per-connection path.
+        let debug = logger.logLevel <= .debug
+        func peer() -> String { Socket.peerAddress(visitor).map(\.description) ?? "?" }
+        if debug { logger.debug("service \(service.name): new visitor \(peer())") }
         // A channel can die in the pool (client gone); try the next one a few times.
         for _ in 0..<4 {
             guard let channel = await hub.takeDataChannel(for: entry) else {
-                logger.info("service \(service.name): no data channel for visitor \(peer) in time; closing it")
+                logger.info("service \(service.name): no data channel for visitor \(peer()) in time; closing it")
                 Socket.close(visitor)
                 return
             }
@@ -161,14 +163,15 @@ public final class Server: Sendable {
                 channel.close()
                 continue
             }
-            let name = service.name
-            let logger = self.logger
-            await relay(SocketStream(fd: visitor, ring: ring), channel, on: ring, tracking: entry.connections) { result in
-                logger.debug("service \(name): visitor \(peer) done: \(result)")
+            var onEnd: (@Sendable (RelayResult) -> Void)?
+            if debug {
+                let (name, logger, address) = (service.name, self.logger, peer())
+                onEnd = { logger.debug("service \(name): visitor \(address) done: \($0)") }
             }
+            await relay(SocketStream(fd: visitor, ring: ring), channel, on: ring, tracking: entry.connections, onEnd: onEnd)
             return
         }
-        logger.warning("service \(service.name): data channels keep failing; closing visitor \(peer)")
+        logger.warning("service \(service.name): data channels keep failing; closing visitor \(peer())")
         Socket.close(visitor)
     }
 

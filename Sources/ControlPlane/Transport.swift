@@ -123,9 +123,10 @@ enum ControlError: Error, CustomStringConvertible {
 
 /// Relays a visitor and a data channel: splice when both are plain sockets, copy otherwise.
 /// Takes ownership of both streams. The relay is tracked in `connections` until it ends, so a
-/// service that is removed can stop what it still relays.
+/// service that is removed can stop what it still relays. Nothing per connection is kept beyond
+/// the relay itself and its entry in `connections`.
 func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, tracking connections: ConnectionSet,
-           onEnd: @escaping @Sendable (RelayResult) -> Void) async {
+           onEnd: (@Sendable (RelayResult) -> Void)? = nil) async {
     if let fa = a.spliceableFD, let fb = b.spliceableFD,
        let sa = a as? SocketStream, let sb = b as? SocketStream {
         _ = sa.detach()
@@ -134,23 +135,35 @@ func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, tracking con
             let id = connections.reserve()
             let handle = ring.startRelay(fa, fb) { result in
                 connections.remove(id)
-                onEnd(result)
+                onEnd?(result)
             }
-            connections.register(id) { handle.stop() }
+            connections.register(id, .splice(handle))
         }
     } else {
         let task = Task(executorPreference: ring) { await CopyRelay.run(a, b, on: ring) }
         let id = connections.reserve()
-        connections.register(id) { task.cancel() }
+        connections.register(id, .copy(task))
         let result = await task.value
         connections.remove(id)
-        onEnd(result)
+        onEnd?(result)
     }
 }
 
 /// The connections a service is relaying, each with a way to stop it.
 final class ConnectionSet: Sendable {
-    private let state = Mutex<(next: Int, stoppers: [Int: @Sendable () -> Void])>((0, [:]))
+    enum Running: Sendable {
+        case splice(RelayHandle)
+        case copy(Task<RelayResult, Never>)
+
+        func stop() {
+            switch self {
+            case .splice(let handle): handle.stop()
+            case .copy(let task): task.cancel()
+            }
+        }
+    }
+
+    private let state = Mutex<(next: Int, running: [Int: Running])>((0, [:]))
 
     func reserve() -> Int {
         state.withLock { s in
@@ -159,24 +172,23 @@ final class ConnectionSet: Sendable {
         }
     }
 
-    /// Files how to stop connection `id`.
-    func register(_ id: Int, stop: @escaping @Sendable () -> Void) {
-        state.withLock { $0.stoppers[id] = stop }
+    func register(_ id: Int, _ connection: Running) {
+        state.withLock { $0.running[id] = connection }
     }
 
     func remove(_ id: Int) {
-        _ = state.withLock { $0.stoppers.removeValue(forKey: id) }
+        _ = state.withLock { $0.running.removeValue(forKey: id) }
     }
 
-    var count: Int { state.withLock { $0.stoppers.count } }
+    var count: Int { state.withLock { $0.running.count } }
 
     /// Stops every connection still running.
     func stopAll() {
-        let stoppers = state.withLock { s -> [@Sendable () -> Void] in
-            let all = Array(s.stoppers.values)
-            s.stoppers.removeAll()
+        let all = state.withLock { s -> [Running] in
+            let all = Array(s.running.values)
+            s.running.removeAll()
             return all
         }
-        stoppers.forEach { $0() }
+        all.forEach { $0.stop() }
     }
 }

@@ -1,16 +1,14 @@
 import CRatholeCrypto
-import Foundation
+import DataPlane
+import Glibc
 
 /// Reads a configured file whole, with errors that name the config key and the path.
 private func readConfiguredFile(_ path: String, key: String) throws(TLSError) -> [UInt8] {
-    var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-        throw .fileNotFound(key: key, path: path)
+    switch Files.read(path) {
+    case .success(let bytes): return bytes
+    case .failure(let e) where e.rawValue == ENOENT: throw .fileNotFound(key: key, path: path)
+    case .failure: throw .fileUnreadable(key: key, path: path)
     }
-    guard !isDirectory.boolValue, let data = FileManager.default.contents(atPath: path) else {
-        throw .fileUnreadable(key: key, path: path)
-    }
-    return [UInt8](data)
 }
 
 /// The server side of the TLS transport: the identity from a PKCS#12 archive (certificate, private
