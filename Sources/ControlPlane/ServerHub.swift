@@ -115,6 +115,9 @@ actor ServerHub {
         guard session.alive else { return }
         session.alive = false
         session.event?.signal()
+        // shutdown first: the session's reader has a recv in flight on the ring, which holds its
+        // own reference to the socket, so a plain close would neither send a FIN nor end that recv.
+        Socket.shutdownBoth(session.stream.fd)
         session.stream.close()
         sessions[session.key] = nil
         if entry.session === session { entry.session = nil }

@@ -133,11 +133,12 @@ final class UDPServerForwarder: @unchecked Sendable {
             // Take what is queued, a bounded number of batches so the ring stays responsive.
             for _ in 0..<16 {
                 guard let n = try? batch.receive(fd), n > 0 else { break }
-                guard !channels.isEmpty else { continue }
+                let targets = channels
+                guard !targets.isEmpty else { continue }
                 for i in 0..<n {
                     let peer = PeerAddress(batch.sender(i))
-                    let index = Int(UInt(bitPattern: peer.hashValue) % UInt(channels.count))
-                    channels[index].send(batch.payload(i), peer: peer)
+                    let channel = targets.count == 1 ? targets[0] : targets[peer.spread % targets.count]
+                    channel.send(batch.payload(i), peer: peer)
                 }
             }
         }
@@ -179,6 +180,18 @@ final class UDPServerForwarder: @unchecked Sendable {
             self.channels.forEach { $0.close() }
             if self.fd >= 0 { Socket.shutdownBoth(self.fd) }
         }
+    }
+}
+
+extension PeerAddress {
+    /// A cheap, stable spread of addresses over channels (no per-datagram SipHash).
+    var spread: Int {
+        let bits: UInt64
+        switch self {
+        case let .v4(a, port): bits = UInt64(a.value) << 16 | UInt64(port)
+        case let .v6(a, port): bits = a.high ^ a.low ^ UInt64(port)
+        }
+        return Int(truncatingIfNeeded: (bits &* 0x9E37_79B9_7F4A_7C15) >> 33)
     }
 }
 
