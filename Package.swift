@@ -45,6 +45,6 @@ let package = Package(
         .executableTarget(name: "relaybench", dependencies: ["DataPlane"], path: "perf/relaybench"),
         .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane"]),
         .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane"], exclude: ["Fixtures"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["DataPlane"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DataPlane", "ControlPlane"]),
     ]
 )

@@ -384,14 +384,19 @@ struct io_uring_sqe *rr_ring_sqe(rr_ring *ring) {
     return sqe;
 }
 
-int rr_ring_submit(rr_ring *ring, bool wait) {
+int rr_ring_submit(rr_ring *ring, int64_t wait_ns) {
     // Never sleep while something is already waiting to be reaped.
-    if (ring->ended || io_uring_cq_ready(&ring->uring)) wait = false;
-    int rc;
-    do {
-        rc = wait ? io_uring_submit_and_wait(&ring->uring, 1) : io_uring_submit_and_get_events(&ring->uring);
-    } while (rc == -EINTR && !wait);
-    return rc;
+    if (ring->ended || io_uring_cq_ready(&ring->uring)) wait_ns = 0;
+    if (wait_ns == 0) {
+        int rc;
+        do rc = io_uring_submit_and_get_events(&ring->uring); while (rc == -EINTR);
+        return rc;
+    }
+    if (wait_ns < 0) return io_uring_submit_and_wait(&ring->uring, 1);
+    struct __kernel_timespec ts = { .tv_sec = wait_ns / 1000000000, .tv_nsec = wait_ns % 1000000000 };
+    struct io_uring_cqe *cqe;
+    int rc = io_uring_submit_and_wait_timeout(&ring->uring, &cqe, 1, &ts, NULL);
+    return rc == -ETIME ? 0 : rc;
 }
 
 // Moves ended relays into out (as many as fit) and frees them.

@@ -431,6 +431,8 @@ private func readText(_ path: String) throws(ConfigError) -> String {
     case .success(let b): bytes = b
     case .failure(let e) where e.rawValue == EFBIG:
         throw ConfigError(file: path, key: nil, message: "the file is larger than 16 MiB")
+    case .failure(let e) where [ENOENT, EACCES, ENOTDIR, ELOOP].contains(e.rawValue):
+        throw ConfigError(file: path, key: nil, message: "cannot open the file: \(e)")
     case .failure(let e):
         throw ConfigError(file: path, key: nil, message: "cannot read the file: \(e)")
     }

@@ -80,7 +80,10 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
             while true {
                 let result: SecureRead
                 do throws(TransportError) { result = try session.readPlaintext(into: buffer) } catch { throw .system(Errno(EBADMSG), operation: error.description) }
-                if !session.pendingOutput.isEmpty { try await flush() }
+                // What reading produced (TLS alerts, tickets) goes out now; but while a writer is
+                // flushing, it sends that too: waiting for it here would stop this reader whenever
+                // the peer is slow to read, and with both ends doing that at once, deadlock.
+                if !flushing && !session.pendingOutput.isEmpty { try await flush() }
                 switch result {
                 case .bytes(let n): return n
                 case .closed: return 0

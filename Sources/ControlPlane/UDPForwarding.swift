@@ -67,7 +67,10 @@ final class DatagramChannel: @unchecked Sendable {
             let space = input.reserve(UdpHeader.maxFrameSize)
             let n: Int
             do { n = try await stream.read(into: space) } catch { return "\(error)" }
-            if n == 0 { return "closed by the peer" }
+            if n == 0 {
+                if input.isEmpty { return "closed by the peer" }
+                return "\(Self.malformed) the channel ended in the middle of a frame (\(input.readable.count) bytes of it received)"
+            }
             input.commit(n)
             var parsed = 0
             do throws(ProtocolError) {
@@ -78,12 +81,24 @@ final class DatagramChannel: @unchecked Sendable {
                     parsed += size
                 }
             } catch {
-                return "malformed UDP frame: \(error)"
+                return "\(Self.malformed) \(error)"
             }
             endOfBatch()
             input.consume(parsed)
         }
         return "closed"
+    }
+
+    /// How `runReader` starts its reason when the peer broke the framing.
+    static let malformed = "malformed UDP frame:"
+
+    /// Logs why a channel ended: a warning when the peer sent a malformed frame, else debug.
+    static func logEnd(_ reason: String, service: String, logger: Logger) {
+        if reason.hasPrefix(malformed) {
+            logger.warning("service \(service): udp data channel closed: \(reason)")
+        } else {
+            logger.debug("service \(service): udp data channel ended: \(reason)")
+        }
     }
 
     func close() {
@@ -163,7 +178,7 @@ final class UDPServerForwarder: @unchecked Sendable {
                 replies.flush(self.fd)
             })
             self.channels.removeAll { $0 === channel }
-            self.logger.debug("service \(self.service.name): udp data channel ended: \(reason)")
+            DatagramChannel.logEnd(reason, service: self.service.name, logger: self.logger)
         }
     }
 
@@ -216,7 +231,7 @@ extension Client {
             visitors.flush()
         })
         visitors.closeAll()
-        logger.debug("service \(service.name): udp data channel ended: \(reason)")
+        DatagramChannel.logEnd(reason, service: service.name, logger: logger)
     }
 }
 

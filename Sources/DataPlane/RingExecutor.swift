@@ -50,6 +50,7 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
     /// - Parameter maxLentPipes: how many relay pipes this worker may lend at once (each is 2 fds).
     public init(index: Int = 0, entries: UInt32 = 4096, maxLentPipes: UInt32 = 512) throws(IOError) {
         self.index = index
+        _ = Self.ignoreSIGPIPE
         let efd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard efd >= 0 else { throw .system(.current, operation: "eventfd") }
         eventFD = efd
@@ -73,6 +74,9 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
             throw .system(Errno(-err), operation: "io_uring_setup")
         }
     }
+
+    /// splice(2) and send to a closed peer must fail with EPIPE, not kill the process.
+    private static let ignoreSIGPIPE: Void = { signal(SIGPIPE, SIG_IGN) }()
 
     deinit {
         slots.deallocateAll()
@@ -168,12 +172,13 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
                 if slots.inFlight == 0 && localJobs.isEmpty && remote.withLock({ $0.isEmpty }) {
                     idleRounds += 1
                     if idleRounds > 3 { break }
-                    sleepBriefly()
                 } else {
                     idleRounds = 0
                 }
             }
-            _ = rr_ring_submit(ring, localJobs.isEmpty && !stopping)
+            // While stopping, wait in short steps: cancelled operations complete soon, and jobs
+            // may still be posted from other threads.
+            _ = rr_ring_submit(ring, !localJobs.isEmpty ? 0 : stopping ? 2_000_000 : -1)
             reapAll()
         }
         exited.store(true, ordering: .releasing)
@@ -181,12 +186,6 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
         rr_ring_destroy(ring)
         ring = nil
         rr_set_current_executor(nil)
-    }
-
-    private func sleepBriefly() {
-        var ts = timespec(tv_sec: 0, tv_nsec: 2_000_000)
-        nanosleep(&ts, nil)
-        drainRemote()
     }
 
     private func runJobs() {
@@ -273,7 +272,7 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
 
     /// Submits now rather than at the end of this loop iteration; for operations whose arguments
     /// live only as long as the caller's stack frame (addresses for connect, for example).
-    func flushSubmissions() { _ = rr_ring_submit(ring, false) }
+    func flushSubmissions() { _ = rr_ring_submit(ring, 0) }
 
     /// Asks the kernel to cancel the operation tagged `userData`; its own completion still arrives.
     func submitCancel(of userData: UInt64) {

@@ -8,7 +8,6 @@ public final class RingGroup: Sendable {
 
     public init(threads: Int? = nil, maxLentPipesPerWorker: UInt32 = 512) throws(IOError) {
         let count = max(1, threads ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-        signal(SIGPIPE, SIG_IGN)   // splice and send to a closed peer must fail with EPIPE, not kill us
         var list: [RingExecutor] = []
         for i in 0..<count {
             list.append(try RingExecutor(index: i, maxLentPipes: maxLentPipesPerWorker))

@@ -31,7 +31,14 @@ for ring in group.executors {
     let listener = try Socket.listen(listen)
     Task(executorPreference: ring) {
         while true {
-            guard let fd = try? await ring.accept(listener) else { continue }
+            let fd: Int32
+            do {
+                fd = try await ring.accept(listener)
+            } catch IOError.cancelled {
+                return
+            } catch {
+                continue
+            }
             Task(executorPreference: ring) {
                 guard let upstream = try? await Socket.connect(to: target, on: ring, timeout: .seconds(5)) else {
                     Socket.close(fd)

@@ -66,8 +66,9 @@ void rr_ring_destroy(rr_ring *ring);
 
 // An SQE to fill; submits pending SQEs first when the submission queue is full. Never NULL.
 struct io_uring_sqe *rr_ring_sqe(rr_ring *ring);
-// Submits and, when wait is true, blocks until at least one completion arrives (or a signal).
-int rr_ring_submit(rr_ring *ring, bool wait);
+// Submits, then waits for at least one completion: not at all (wait_ns == 0), up to wait_ns
+// nanoseconds, or without limit (wait_ns < 0). Never waits when completions are already pending.
+int rr_ring_submit(rr_ring *ring, int64_t wait_ns);
 // Handles relay completions internally and copies up to max completions that belong to Swift
 // (and relay ends) into out. Returns how many were copied.
 unsigned rr_ring_reap(rr_ring *ring, rr_completion *out, unsigned max);

@@ -1,0 +1,176 @@
+// Socket set-up helpers and SocketAddress, on real loopback sockets.
+import DataPlane
+import Glibc
+import XCTest
+
+final class SocketTests: XCTestCase {
+    override func setUp() {
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    func testSocketAddressParsing() throws {
+        let v4 = try XCTUnwrap(SocketAddress("127.0.0.1:8080"))
+        XCTAssertEqual(v4.port, 8080)
+        XCTAssertFalse(v4.isIPv6)
+        XCTAssertEqual(v4.family, AF_INET)
+        XCTAssertEqual(v4.ipBytes, [127, 0, 0, 1])
+        XCTAssertEqual(v4.description, "127.0.0.1:8080")
+
+        let v6 = try XCTUnwrap(SocketAddress("[::1]:2333"))
+        XCTAssertEqual(v6.port, 2333)
+        XCTAssertTrue(v6.isIPv6)
+        XCTAssertEqual(v6.ipBytes, [UInt8](repeating: 0, count: 15) + [1])
+        XCTAssertEqual(v6.description, "[::1]:2333")
+        XCTAssertEqual(SocketAddress(v6.description), v6)
+
+        XCTAssertEqual(SocketAddress(ip: "10.1.2.3", port: 7), SocketAddress("10.1.2.3:7"))
+        XCTAssertNotEqual(SocketAddress("10.1.2.3:7"), SocketAddress("10.1.2.3:8"))
+        XCTAssertEqual(Set([v4, v4, v6]).count, 2)
+
+        for bad in ["127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "::1:80", "[::1:80",
+                    ":80", "localhost:80", "300.1.1.1:80", "[127.0.0.1]:80x"] {
+            XCTAssertNil(SocketAddress(bad), bad)
+        }
+        XCTAssertEqual(SocketAddress.splitHostPort("example.com:443")?.host, "example.com")
+        XCTAssertEqual(SocketAddress.splitHostPort("[fe80::1]:443")?.host, "fe80::1")
+    }
+
+    func testResolveAnswersLiteralsAndLocalhost() async throws {
+        let literal = try await SocketAddress.resolve(host: "127.0.0.1", port: 9)
+        XCTAssertEqual(literal, [SocketAddress("127.0.0.1:9")!])
+        let local = try await SocketAddress.resolve(host: "localhost", port: 9)
+        XCTAssertFalse(local.isEmpty)
+        XCTAssertTrue(local.allSatisfy { $0.port == 9 })
+    }
+
+    func testOptionsAreApplied() throws {
+        let listener = try LoopbackListener()
+        defer { listener.close() }
+        let (x, inner) = try listener.pair()
+        defer {
+            close(x)
+            close(inner)
+        }
+        Socket.setNoDelay(inner, true)
+        XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_NODELAY), 1)
+        Socket.setNoDelay(inner, false)
+        XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_NODELAY), 0)
+        Socket.setKeepAlive(inner, idle: 37, interval: 5)
+        XCTAssertEqual(option(inner, SOL_SOCKET, SO_KEEPALIVE), 1)
+        XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_KEEPIDLE), 37)
+        XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_KEEPINTVL), 5)
+        XCTAssertNotEqual(fcntl(inner, F_GETFL) & O_NONBLOCK, 0, "accepted relay-side sockets are non-blocking")
+        let fresh = try Socket.tcp(family: AF_INET)
+        defer { close(fresh) }
+        XCTAssertNotEqual(fcntl(fresh, F_GETFL) & O_NONBLOCK, 0)
+        XCTAssertNotEqual(fcntl(fresh, F_GETFD) & FD_CLOEXEC, 0)
+    }
+
+    private func option(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32 {
+        var v: Int32 = -1
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        XCTAssertEqual(getsockopt(fd, level, name, &v, &len), 0)
+        return v
+    }
+
+    func testIsAlive() throws {
+        let listener = try LoopbackListener()
+        defer { listener.close() }
+
+        let (x1, inner1) = try listener.pair()
+        XCTAssertTrue(Socket.isAlive(inner1), "idle connection")
+        XCTAssertEqual(Blocking.sendAll(x1, [42]), 0)
+        var pfd = pollfd(fd: inner1, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 5000), 1)
+        XCTAssertTrue(Socket.isAlive(inner1), "data pending")
+        var byte: UInt8 = 0
+        XCTAssertEqual(recv(inner1, &byte, 1, 0), 1, "isAlive must not consume data")
+        XCTAssertEqual(byte, 42)
+        close(x1)
+        XCTAssertEqual(poll(&pfd, 1, 5000), 1)
+        XCTAssertFalse(Socket.isAlive(inner1), "peer closed")
+        close(inner1)
+
+        let (x2, inner2) = try listener.pair()
+        resetClose(x2)
+        var pfd2 = pollfd(fd: inner2, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd2, 1, 5000), 1)
+        XCTAssertFalse(Socket.isAlive(inner2), "peer reset")
+        close(inner2)
+    }
+
+    /// Listeners with SO_REUSEPORT share a port (one per worker); without it the port is taken.
+    func testReusePortListenersShareAPort() throws {
+        let first = try Socket.listen(SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: true)
+        defer { close(first) }
+        let address = try XCTUnwrap(Socket.localAddress(first))
+        let second = try Socket.listen(address, reusePort: true)
+        close(second)
+        XCTAssertThrowsError(try Socket.listen(address, reusePort: false)) { error in
+            XCTAssertEqual((error as? IOError)?.errno, .addressInUse, "\(error)")
+        }
+    }
+
+    /// Connect through the ring over IPv6 loopback (when the host has it), with matching addresses.
+    func testConnectOverIPv6Loopback() async throws {
+        let listener: Int32
+        do {
+            listener = try Socket.listen(SocketAddress(ip: "::1", port: 0)!, reusePort: false)
+        } catch {
+            throw XCTSkip("no IPv6 loopback here: \(error)")
+        }
+        defer { close(listener) }
+        let group = try RingGroup(threads: 1)
+        defer { shutdownOrFail(group) }
+        let ring = group.executors[0]
+        let address = try XCTUnwrap(Socket.localAddress(listener))
+        XCTAssertTrue(address.isIPv6)
+        let (client, server) = try await withDeadline(10, "IPv6 connect and accept") {
+            try await Task(executorPreference: ring) { () async throws -> (Int32, Int32) in
+                async let accepted = ring.accept(listener)
+                let client = try await Socket.connect(to: address, on: ring, timeout: .seconds(5))
+                return (client, try await accepted)
+            }.value
+        }
+        defer {
+            close(client)
+            close(server)
+        }
+        XCTAssertEqual(Socket.peerAddress(client), address)
+        XCTAssertEqual(Socket.localAddress(client), Socket.peerAddress(server))
+        let got = try await Task(executorPreference: ring) { () async throws -> [UInt8] in
+            try await ring.sendAll(client, bytes: [1, 2, 3, 4])
+            return try await ring.recvExact(server, count: 4, timeout: .seconds(5))
+        }.value
+        XCTAssertEqual(got, [1, 2, 3, 4])
+    }
+
+    /// closeListener wakes an accept the ring has in flight on the listener.
+    func testCloseListenerEndsAcceptInFlight() async throws {
+        let group = try RingGroup(threads: 1)
+        defer { shutdownOrFail(group) }
+        let ring = group.executors[0]
+        let listener = try Socket.listen(SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false)
+        let task = Task(executorPreference: ring) { () -> IOError? in
+            do throws(IOError) {
+                let fd = try await ring.accept(listener)
+                close(fd)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        Socket.closeListener(listener)
+        let error = try await withDeadline(5, "accept to end after closeListener") { await task.value }
+        XCTAssertNotNil(error, "accept must fail once its listener is closed")
+        XCTAssertNotEqual(error, .cancelled)
+    }
+
+    func testRaiseOpenFileLimit() {
+        var lim = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lim)
+        let raised = Socket.raiseOpenFileLimit()
+        XCTAssertEqual(raised, UInt64(lim.rlim_max))
+    }
+}
