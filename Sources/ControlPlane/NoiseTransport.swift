@@ -46,31 +46,20 @@ struct NoiseTransport: Transport {
     }
 
     func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let raw = try await tcp.connect(to: endpoint, on: ring)
-        return try await secure(raw.fd, ring: ring)
+        try await tcp.connectSecured(to: endpoint, on: ring, makeSession: makeSession)
     }
 
     func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        _ = try await tcp.accept(fd: fd, on: ring)
-        return try await secure(fd, ring: ring)
+        try await tcp.acceptSecured(fd: fd, on: ring, makeSession: makeSession)
     }
 
-    private func secure(_ fd: Int32, ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let session: NoiseSession
+    private func makeSession() throws(TransportError) -> NoiseSecureSession {
         do {
-            session = try NoiseSession(protocol: noiseProtocol, role: role, localStaticKey: localKey, remoteStaticKey: remoteKey)
+            return NoiseSecureSession(try NoiseSession(protocol: noiseProtocol, role: role, localStaticKey: localKey,
+                                                       remoteStaticKey: remoteKey))
         } catch {
-            Socket.close(fd)
             throw TransportError("noise: \(error)")
         }
-        let stream = SecureStream(fd: fd, ring: ring, session: NoiseSecureSession(session))
-        do {
-            try await stream.handshake()
-        } catch {
-            stream.close()
-            throw TransportError("noise handshake: \(error)")
-        }
-        return stream
     }
 }
 

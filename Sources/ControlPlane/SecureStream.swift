@@ -146,3 +146,41 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
         }
     }
 }
+
+extension TCPTransport {
+    /// A TCP connection with an encrypted session on top, handshake done.
+    func connectSecured<Session: SecureSession>(
+        to endpoint: Endpoint, on ring: RingExecutor, makeSession: () throws(TransportError) -> Session
+    ) async throws(TransportError) -> ByteStream {
+        let raw = try await connect(to: endpoint, on: ring)
+        return try await secure(raw.fd, on: ring, makeSession: makeSession)
+    }
+
+    /// The server side of the same: an accepted socket, secured.
+    func acceptSecured<Session: SecureSession>(
+        fd: Int32, on ring: RingExecutor, makeSession: () throws(TransportError) -> Session
+    ) async throws(TransportError) -> ByteStream {
+        _ = try await accept(fd: fd, on: ring)
+        return try await secure(fd, on: ring, makeSession: makeSession)
+    }
+
+    private func secure<Session: SecureSession>(
+        _ fd: Int32, on ring: RingExecutor, makeSession: () throws(TransportError) -> Session
+    ) async throws(TransportError) -> ByteStream {
+        let session: Session
+        do {
+            session = try makeSession()
+        } catch {
+            Socket.close(fd)
+            throw error
+        }
+        let stream = SecureStream(fd: fd, ring: ring, session: session)
+        do {
+            try await stream.handshake()
+        } catch {
+            stream.close()
+            throw TransportError("handshake: \(error)")
+        }
+        return stream
+    }
+}

@@ -29,31 +29,20 @@ struct TLSTransport: Transport {
     }
 
     func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let raw = try await tcp.connect(to: endpoint, on: ring)
-        return try await secure(raw.fd, ring: ring)
+        try await tcp.connectSecured(to: endpoint, on: ring, makeSession: makeSession)
     }
 
     func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        _ = try await tcp.accept(fd: fd, on: ring)
-        return try await secure(fd, ring: ring)
+        try await tcp.acceptSecured(fd: fd, on: ring, makeSession: makeSession)
     }
 
-    private func secure(_ fd: Int32, ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let session: TLSSession
+    private func makeSession() throws(TransportError) -> TLSSecureSession {
         do {
-            session = try server.map { ctx throws(TLSError) in try TLSSession(context: ctx) } ?? TLSSession(context: client!)
+            if let server { return TLSSecureSession(try TLSSession(context: server)) }
+            return TLSSecureSession(try TLSSession(context: client!))
         } catch {
-            Socket.close(fd)
             throw TransportError("tls: \(error)")
         }
-        let stream = SecureStream(fd: fd, ring: ring, session: TLSSecureSession(session))
-        do {
-            try await stream.handshake()
-        } catch {
-            stream.close()
-            throw TransportError("tls handshake: \(error)")
-        }
-        return stream
     }
 }
 
