@@ -150,22 +150,23 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
 extension TCPTransport {
     /// A TCP connection with an encrypted session on top, handshake done.
     func connectSecured<Session: SecureSession>(
-        to endpoint: Endpoint, on ring: RingExecutor, makeSession: () throws(TransportError) -> Session
+        to endpoint: Endpoint, on ring: RingExecutor, name: String, makeSession: () throws(TransportError) -> Session
     ) async throws(TransportError) -> ByteStream {
         let raw = try await connect(to: endpoint, on: ring)
-        return try await secure(raw.fd, on: ring, makeSession: makeSession)
+        return try await secure(raw.fd, on: ring, name: name, makeSession: makeSession)
     }
 
     /// The server side of the same: an accepted socket, secured.
     func acceptSecured<Session: SecureSession>(
-        fd: Int32, on ring: RingExecutor, makeSession: () throws(TransportError) -> Session
+        fd: Int32, on ring: RingExecutor, name: String, makeSession: () throws(TransportError) -> Session
     ) async throws(TransportError) -> ByteStream {
         _ = try await accept(fd: fd, on: ring)
-        return try await secure(fd, on: ring, makeSession: makeSession)
+        return try await secure(fd, on: ring, name: name, makeSession: makeSession)
     }
 
+    /// `name` ("tls", "noise") starts the error lines.
     private func secure<Session: SecureSession>(
-        _ fd: Int32, on ring: RingExecutor, makeSession: () throws(TransportError) -> Session
+        _ fd: Int32, on ring: RingExecutor, name: String, makeSession: () throws(TransportError) -> Session
     ) async throws(TransportError) -> ByteStream {
         let session: Session
         do {
@@ -179,7 +180,7 @@ extension TCPTransport {
             try await stream.handshake()
         } catch {
             stream.close()
-            throw TransportError("handshake: \(error)")
+            throw TransportError("\(name) handshake: \(error)")
         }
         return stream
     }

@@ -29,11 +29,11 @@ struct TLSTransport: Transport {
     }
 
     func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        try await tcp.connectSecured(to: endpoint, on: ring, makeSession: makeSession)
+        try await tcp.connectSecured(to: endpoint, on: ring, name: "tls", makeSession: makeSession)
     }
 
     func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        try await tcp.acceptSecured(fd: fd, on: ring, makeSession: makeSession)
+        try await tcp.acceptSecured(fd: fd, on: ring, name: "tls", makeSession: makeSession)
     }
 
     private func makeSession() throws(TransportError) -> TLSSecureSession {

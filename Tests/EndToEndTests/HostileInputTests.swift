@@ -1,0 +1,144 @@
+// Hostile input on the server's public control port: garbage, a wrong protocol version, silence,
+// a data channel with a made-up session key, and hundreds of idle connections. After each, the
+// tunnel (a real client and a real echo service) must still forward.
+import ControlPlane
+import Foundation
+import Glibc
+import XCTest
+
+final class HostileInputTests: E2ETestCase {
+    private func tunnel() throws -> Tunnel {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo)
+        try echoOnce(port: t.publicPort, payload: Array("before".utf8))
+        return t
+    }
+
+    private func assertStillForwards(_ t: Tunnel, visitorsSoFar: Int, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertNoThrow(try echoOnce(port: t.publicPort, payload: Array("after the hostile input".utf8)), file: file, line: line)
+        XCTAssertEqual(t.local.accepted, visitorsSoFar + 1, "the service saw only the real visitors", file: file, line: line)
+        XCTAssertTrue(t.server.isRunning, "the server survived", file: file, line: line)
+        XCTAssertTrue(t.client.isRunning, "the client survived", file: file, line: line)
+    }
+
+    /// Sends `bytes` (ignoring a failed send: the server may already have closed) and expects the
+    /// server to close the connection, having sent nothing.
+    private func assertDropped(_ bytes: [UInt8], port: UInt16, what: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let c = try Conn.connect(port: port)
+        try? c.send(bytes)
+        guard let got = c.waitClosed(timeout: 10) else {
+            XCTFail("\(what): the server kept the connection open", file: file, line: line)
+            return
+        }
+        XCTAssertEqual(hexString(got), "", "\(what): the server must send nothing", file: file, line: line)
+    }
+
+    func testGarbageOnControlPort() throws {
+        let t = try tunnel()
+        try assertDropped(Array("GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\n".utf8), port: t.controlPort, what: "HTTP request")
+        try assertDropped([7, 0, 0, 0, 1] + [UInt8](repeating: 0xAB, count: 32), port: t.controlPort, what: "Hello with tag 7")
+        try assertDropped(patternBytes(count: 256 << 10, seed: 99), port: t.controlPort, what: "256 KiB of noise")
+        assertStillForwards(t, visitorsSoFar: 1)
+    }
+
+    func testWrongProtocolVersion() throws {
+        let t = try tunnel()
+        for version: UInt8 in [0, 2, 255] {
+            try assertDropped([0, 0, 0, 0, version] + Digest.service(named: t.name).bytes, port: t.controlPort,
+                              what: "control Hello version \(version)")
+        }
+        try assertDropped([1, 0, 0, 0, 2] + [UInt8](repeating: 1, count: 32), port: t.controlPort, what: "data Hello version 2")
+        assertStillForwards(t, visitorsSoFar: 1)
+    }
+
+    /// A connection that sends nothing is closed by the 5 s handshake timeout (and not much before).
+    func testSilentConnectionDroppedAfterHandshakeTimeout() throws {
+        let t = try tunnel()
+        let silent = try Conn.connect(port: t.controlPort)
+        // Also one that stops in the middle of its Hello, and one that stops before its Auth.
+        let partial = try Conn.connect(port: t.controlPort)
+        try partial.send([0, 0, 0, 0, 1, 9, 9])
+        let noAuth = try Conn.connect(port: t.controlPort)
+        try noAuth.send([0, 0, 0, 0, 1] + Digest.service(named: t.name).bytes)
+        let start = monoNow()
+        XCTAssertEqual(silent.readSome(timeout: 2), .timeout, "dropped before the handshake timeout")
+        for (c, what, expectedBytes) in [(silent, "silent", 0), (partial, "partial Hello", 0), (noAuth, "no Auth", 37)] {
+            guard let got = c.waitClosed(timeout: 15 - (monoNow() - start)) else {
+                XCTFail("\(what): the server did not close the connection within 15 s")
+                continue
+            }
+            XCTAssertEqual(got.count, expectedBytes, "\(what): got \(hexString(got))")
+        }
+        let elapsed = monoNow() - start
+        XCTAssertGreaterThan(elapsed, 3, "closed after \(elapsed) s, long before the 5 s handshake timeout")
+        assertStillForwards(t, visitorsSoFar: 1)
+    }
+
+    /// A data channel hello with a session key nobody was given is closed and never used.
+    func testUnknownSessionKeyDataChannel() throws {
+        let t = try tunnel()
+        var bogus: [Conn] = []
+        for i in 0..<3 {
+            let c = try Conn.connect(port: t.controlPort)
+            try c.send([1, 0, 0, 0, 1] + Digest.sha256(Array("made-up key \(i)".utf8)).bytes)
+            bogus.append(c)
+        }
+        for (i, c) in bogus.enumerated() {
+            guard let got = c.waitClosed(timeout: 10) else {
+                XCTFail("data channel \(i) with an unknown session key stayed open")
+                continue
+            }
+            XCTAssertEqual(hexString(got), "", "nothing is sent on a refused data channel")
+        }
+        // A visitor now must be served by the real client's channels only.
+        let v = try Conn.connect(port: t.publicPort)
+        try v.send("real visitor")
+        XCTAssertEqual(try v.readExact(12, timeout: 15), Array("real visitor".utf8))
+        v.close()
+        XCTAssertEqual(t.local.accepted, 2)
+        assertStillForwards(t, visitorsSoFar: 2)
+    }
+
+    /// A few hundred idle connections: all closed by the handshake timeout, and the server's open
+    /// fds go back to where they were.
+    func testIdleConnectionsReleasedByHandshakeTimeout() throws {
+        let t = try tunnel()
+        let baseline = try stableFDCount(t.server)
+        let rssBefore = t.server.rssKiB ?? 0
+        let count = 300
+        var idle: [Conn] = []
+        for _ in 0..<count { idle.append(try Conn.connect(port: t.controlPort)) }
+        let start = monoNow()
+        XCTAssertTrue(waitUntil(timeout: 5) { (t.server.fdCount ?? 0) >= baseline + count },
+                      "the server accepted the idle connections (fds \(t.server.fdCount ?? -1), baseline \(baseline))")
+        let peak = t.server.fdCount ?? 0
+        let rssPeak = t.server.rssKiB ?? 0
+        var stillOpen = 0
+        for c in idle {
+            if c.waitClosed(timeout: max(0, 15 - (monoNow() - start))) == nil { stillOpen += 1 }
+        }
+        XCTAssertEqual(stillOpen, 0, "idle connections the server did not close within 15 s")
+        idle.forEach { $0.close() }
+        XCTAssertTrue(waitUntil(timeout: 10) { (t.server.fdCount ?? 0) <= baseline },
+                      "server fds back to the baseline \(baseline): now \(t.server.fdCount ?? -1)")
+        XCTAssertEqual(t.server.fdCount, baseline)
+        print("idle connections: server fds baseline \(baseline), peak \(peak), after \(t.server.fdCount ?? -1); "
+              + "RSS KiB before \(rssBefore), peak \(rssPeak), after \(t.server.rssKiB ?? -1)")
+        assertStillForwards(t, visitorsSoFar: 1)
+    }
+
+    /// The fd count once it has stopped moving (the data channel pool refills after a visitor).
+    private func stableFDCount(_ p: RatholeProcess) throws -> Int {
+        var last = -1
+        var same = 0
+        let deadline = monoNow() + 10
+        while monoNow() < deadline {
+            guard let n = p.fdCount else { throw E2EError("\(p.name) is not running") }
+            if n == last { same += 1 } else { same = 0 }
+            last = n
+            if same >= 4 { return n }
+            sleepSeconds(0.1)
+        }
+        throw E2EError("\(p.name)'s fd count did not settle")
+    }
+}

@@ -1,0 +1,228 @@
+// Hot reload end to end: both config files edited while a real server and client run (rewritten in
+// place, replaced by rename, or edited then SIGHUP), with traffic running across the reload.
+import ControlPlane
+import Foundation
+import Glibc
+import XCTest
+
+final class HotReloadTests: FeatureTestCase {
+    private func start(_ services: [FeatureService], symlinked: Bool = false)
+        throws -> (server: RatholeProcess, client: RatholeProcess, control: UInt16)
+    {
+        let control = Ports.free()
+        let serverText = FeatureConfig.server(controlPort: control, services: services)
+        let clientText = FeatureConfig.client(remotePort: control, services: services)
+        let server: RatholeProcess
+        let client: RatholeProcess
+        if symlinked {
+            server = try ratholeBehindSymlink("server", config: serverText).0
+            client = try ratholeBehindSymlink("client", config: clientText).0
+        } else {
+            server = rathole("server", config: serverText)
+            client = rathole("client", config: clientText)
+        }
+        try server.start()
+        for s in services { try waitServerReady(server, service: s.name) }
+        try client.start()
+        for s in services { try waitClientReady(client, service: s.name) }
+        return (server, client, control)
+    }
+
+    private func echoService(_ name: String) throws -> (FeatureService, LocalService) {
+        let echo = keep(try LocalService.echo())
+        return (FeatureService(name, port: Ports.free(), localPort: echo.port), echo)
+    }
+
+    /// Rewrites both files (server first) with `services`.
+    private func rewrite(_ server: RatholeProcess, _ client: RatholeProcess, control: UInt16, _ services: [FeatureService],
+                         byRename: Bool = false, serverPath: String? = nil, clientPath: String? = nil) throws {
+        let write = byRename ? FeatureSupport.replaceByRename : FeatureSupport.rewriteInPlace
+        try write(serverPath ?? server.configPath, FeatureConfig.server(controlPort: control, services: services))
+        try write(clientPath ?? client.configPath, FeatureConfig.client(remotePort: control, services: services))
+    }
+
+    private func assertForwardsWithin(_ seconds: Double, port: UInt16, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        let took = FeatureSupport.secondsUntilForwarding(port: port, timeout: max(seconds, 10))
+        guard let took else {
+            XCTFail("\(what): not forwarding 10 s after the edit", file: file, line: line)
+            return
+        }
+        XCTAssertLessThanOrEqual(took, seconds, "\(what): forwarding took \(took) s after the edit", file: file, line: line)
+    }
+
+    // MARK: Add
+
+    func testAddedServiceForwardsWhileLongTransferContinues() throws {
+        let (long, longEcho) = try echoService("long")
+        let (added, addedEcho) = try echoService("added")
+        let (server, client, control) = try start([long])
+        let streamer = try FeatureStreamer(port: long.port)
+        featureCleanup { _ = streamer.stop() }
+        XCTAssertTrue(waitUntil(timeout: 20) { streamer.bytes >= 4 << 20 || streamer.error != nil }, "the long transfer is under way")
+        XCTAssertFalse(FeatureSupport.tcpListening(port: added.port))
+
+        try rewrite(server, client, control: control, [long, added])
+        assertForwardsWithin(2, port: added.port, "the added service")
+        XCTAssertTrue(server.waitForLog("service added added", timeout: 5))
+        XCTAssertTrue(client.waitForLog("service added added", timeout: 5))
+
+        // The transfer went on across the reload, on the same connection, byte for byte.
+        let atReload = streamer.bytes
+        XCTAssertTrue(waitUntil(timeout: 20) { streamer.bytes >= atReload + (8 << 20) || streamer.error != nil },
+                      "the long transfer keeps going after the reload")
+        let (bytes, error) = streamer.stop()
+        XCTAssertNil(error, "the long transfer broke")
+        XCTAssertGreaterThan(bytes, 12 << 20)
+        XCTAssertEqual(longEcho.accepted, 1, "the long transfer's local connection was never replaced")
+        XCTAssertGreaterThanOrEqual(addedEcho.accepted, 1)
+        for p in [server, client] {
+            XCTAssertFalse(p.log.contains("long changed") || p.log.contains("long removed") || p.log.contains("restarting the"),
+                           "\(p.name): the running service was restarted")
+        }
+    }
+
+    // MARK: Remove
+
+    func testRemovedServiceClosesItsPortOthersUnaffected() throws {
+        let (a, aEcho) = try echoService("a")
+        let (b, _) = try echoService("b")
+        let (server, client, control) = try start([a, b])
+        XCTAssertTrue(FeatureSupport.tcpListening(port: b.port))
+        try echoOnce(port: b.port, payload: Array("b before".utf8))
+        let open = try Conn.connect(port: a.port)
+        defer { open.close() }
+        try open.send("first half;")
+        XCTAssertEqual(try open.readExact(11, timeout: 10), Array("first half;".utf8))
+
+        try rewrite(server, client, control: control, [a])
+        XCTAssertTrue(waitUntil(timeout: 5) { !FeatureSupport.tcpListening(port: b.port) }, "b's port still listens")
+        XCTAssertThrowsError(try Conn.connect(port: b.port), "connecting to the removed service must be refused")
+        XCTAssertTrue(server.waitForLog("service b removed", timeout: 5))
+        XCTAssertTrue(client.waitForLog("service b removed", timeout: 5))
+
+        // a: the connection open across the reload, and new ones.
+        try open.send("second half")
+        XCTAssertEqual(try open.readExact(11, timeout: 10), Array("second half".utf8))
+        try echoOnce(port: a.port, payload: Array("a after".utf8))
+        XCTAssertEqual(aEcho.accepted, 2)
+        XCTAssertFalse(server.log.contains("service a changed") || client.log.contains("service a changed"))
+    }
+
+    // MARK: Token
+
+    func testTokenChangedOnBothSidesReconnects() throws {
+        let echo = keep(try LocalService.echo())
+        var svc = FeatureService("svc", port: Ports.free(), localPort: echo.port, token: "old-token")
+        let (server, client, control) = try start([svc])
+        try echoOnce(port: svc.port, payload: Array("with the old token".utf8))
+
+        svc.token = "new-token"
+        try rewrite(server, client, control: control, [svc])
+        try waitClientReady(client, service: "svc", count: 2, timeout: 10)
+        XCTAssertTrue(server.waitForLog("service svc changed", timeout: 5))
+        XCTAssertTrue(client.waitForLog("service svc changed", timeout: 5))
+        XCTAssertNotNil(FeatureSupport.secondsUntilForwarding(port: svc.port, timeout: 10), "forwarding with the new token")
+        try echoOnce(port: svc.port, payload: Array("with the new token".utf8))
+
+        // The server now refuses the old token (a hand-made client; a refused one replaces nobody).
+        let (c, ack, _) = try FeatureRawClient.handshake(port: control, service: "svc", token: "old-token")
+        c.close()
+        XCTAssertEqual(ack, 2, "the old token must be refused (AuthFailed)")
+        try echoOnce(port: svc.port, payload: Array("still forwarding".utf8))
+    }
+
+    // MARK: Invalid edits
+
+    func testInvalidEditIgnoredWithOneLineErrorNamingTheKey() throws {
+        let (svc, echo) = try echoService("svc")
+        let (later, _) = try echoService("later")
+        let (server, client, control) = try start([svc])
+        let open = try Conn.connect(port: svc.port)
+        defer { open.close() }
+        try open.send("ping 1")
+        XCTAssertEqual(try open.readExact(6, timeout: 10), Array("ping 1".utf8))
+
+        // Server: a port out of range. Client: a key that does not exist.
+        let badServer = FeatureConfig.server(controlPort: control, services: [svc])
+            .replacingOccurrences(of: "127.0.0.1:\(svc.port)", with: "127.0.0.1:99999")
+        let badClient = FeatureConfig.client(remotePort: control, services: [svc]) + "colour = \"red\"\n"
+        XCTAssertTrue(badClient.hasSuffix("local_addr = \"127.0.0.1:\(echo.port)\"\ncolour = \"red\"\n"))
+        try FeatureSupport.rewriteInPlace(server.configPath, badServer)
+        try FeatureSupport.rewriteInPlace(client.configPath, badClient)
+        for (p, key) in [(server, "server.services.svc.bind_addr"), (client, "client.services.svc.colour")] {
+            XCTAssertTrue(p.waitForLog("config not reloaded", timeout: 5), "\(p.name): no error logged for the invalid edit")
+            let lines = FeatureSupport.lines(of: p.log, containing: "config not reloaded")
+            XCTAssertEqual(lines.count, 1, "\(p.name): \(lines)")
+            let line = lines.first ?? ""
+            XCTAssertTrue(line.contains("ERROR"), "\(p.name): \(line)")
+            XCTAssertTrue(line.contains(key), "\(p.name): the error names \(key): \(line)")
+            XCTAssertTrue(line.contains(p.configPath), "\(p.name): the error names the file: \(line)")
+            let strays = p.log.split(separator: "\n").filter { !$0.hasPrefix("20") }
+            XCTAssertEqual(strays, [], "\(p.name): every log line is one timestamped line")
+        }
+
+        // Forwarding goes on: the open connection and new visitors.
+        try open.send("ping 2")
+        XCTAssertEqual(try open.readExact(6, timeout: 10), Array("ping 2".utf8))
+        try echoOnce(port: svc.port, payload: Array("a new visitor".utf8))
+        XCTAssertTrue(server.isRunning && client.isRunning)
+
+        // A valid edit afterwards is applied (the watcher survived the bad one).
+        try rewrite(server, client, control: control, [svc, later])
+        assertForwardsWithin(2, port: later.port, "the service added after the invalid edit")
+        try open.send("ping 3")
+        XCTAssertEqual(try open.readExact(6, timeout: 10), Array("ping 3".utf8))
+    }
+
+    // MARK: Rename and SIGHUP
+
+    func testReplaceByRenameThenEditAndSIGHUP() throws {
+        let (svc, _) = try echoService("svc")
+        let (renamed, _) = try echoService("renamed")
+        let (hup, _) = try echoService("hup")
+        let (server, client, control) = try start([svc])
+
+        // Saved the way editors do: a new file renamed over the old one.
+        try rewrite(server, client, control: control, [svc, renamed], byRename: true)
+        assertForwardsWithin(2, port: renamed.port, "the service added by rename")
+
+        // Edited, then SIGHUP at once: the watcher and the signal both reload; the service is added once.
+        try rewrite(server, client, control: control, [svc, renamed, hup])
+        server.signal(SIGHUP)
+        client.signal(SIGHUP)
+        assertForwardsWithin(2, port: hup.port, "the service added by edit + SIGHUP")
+        for p in [server, client] {
+            XCTAssertTrue(p.waitForLog("SIGHUP: reloading", timeout: 5), "\(p.name) logs the SIGHUP")
+            XCTAssertEqual(p.occurrences(of: "service hup added"), 1, "\(p.name): added once")
+            // The client may reach the server before the server has reloaded: that refusal is fine.
+            let errors = FeatureSupport.lines(of: p.log, containing: "ERROR").filter { !$0.contains("does not know this service") }
+            XCTAssertEqual(errors, [], "\(p.name) logged errors")
+        }
+        for port in [svc.port, renamed.port, hup.port] {
+            try echoOnce(port: port, payload: Array("all three after the reloads, port \(port)".utf8))
+        }
+    }
+
+    /// The config files are symlinks into another directory and the edits go to their targets,
+    /// which the watcher does not see: SIGHUP alone reloads.
+    func testSIGHUPAloneReloads() throws {
+        let (svc, _) = try echoService("svc")
+        let (hup, _) = try echoService("hup")
+        let (server, client, control) = try start([svc], symlinked: true)
+        let realServer = dir + "/real/server.toml"
+        let realClient = dir + "/real/client.toml"
+        try rewrite(server, client, control: control, [svc, hup], serverPath: realServer, clientPath: realClient)
+        sleepSeconds(1.5)
+        XCTAssertFalse(FeatureSupport.tcpListening(port: hup.port), "reloaded without SIGHUP (the test needs the watcher not to see it)")
+        XCTAssertEqual(server.occurrences(of: "service hup added"), 0)
+
+        server.signal(SIGHUP)
+        client.signal(SIGHUP)
+        assertForwardsWithin(2, port: hup.port, "the service added by SIGHUP")
+        for p in [server, client] {
+            XCTAssertTrue(p.waitForLog("SIGHUP: reloading", timeout: 5))
+            XCTAssertTrue(p.waitForLog("service hup added", timeout: 5))
+        }
+        try echoOnce(port: svc.port, payload: Array("the first service still forwards".utf8))
+    }
+}

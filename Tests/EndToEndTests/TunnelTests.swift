@@ -1,0 +1,365 @@
+// End to end: a real server and a real client process on loopback, real services behind the
+// client, visitors on the server's public port, bytes checked at both ends.
+import ControlPlane
+import Foundation
+import Glibc
+import XCTest
+
+final class TunnelTests: E2ETestCase {
+    func testEchoThroughTunnel() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo)
+        for i in 0..<3 {
+            let payload = Array("hello rathole-\(i)".utf8)
+            try echoOnce(port: t.publicPort, payload: payload)
+        }
+        // A bigger message in one connection, several round trips.
+        let c = try Conn.connect(port: t.publicPort)
+        for round in 0..<5 {
+            let p = patternBytes(count: 100_000 + round, seed: UInt64(round + 1))
+            try c.send(p)
+            XCTAssertEqual(try c.readExact(p.count, timeout: 15), p, "round \(round)")
+        }
+        c.close()
+        XCTAssertEqual(echo.accepted, 4)
+    }
+
+    /// 64 MiB each way, hashed at both ends: visitor -> sink (the service hashes), and
+    /// source -> visitor (the visitor hashes).
+    func testLargeTransferIntact() throws {
+        let size = 64 << 20
+        let data = patternBytes(count: size, seed: 0x5eed)
+        let expected = Digest.sha256(data).bytes
+        let sink = keep(try LocalService.sink())
+        let source = keep(try LocalService.source(data))
+
+        let control = Ports.free()
+        let sinkPort = Ports.free()
+        let sourcePort = Ports.free()
+        let server = rathole("server", config: serverConfig(controlPort: control, services: [("sink", sinkPort), ("source", sourcePort)]))
+        let client = rathole("client", config: clientConfig(controlPort: control, services: [("sink", sink.port), ("source", source.port)]))
+        try server.start()
+        try waitServerReady(server, service: "sink")
+        try waitServerReady(server, service: "source")
+        try client.start()
+        try waitClientReady(client, service: "sink")
+        try waitClientReady(client, service: "source")
+
+        // Upload.
+        let up = try Conn.connect(port: sinkPort)
+        try up.send(data)
+        up.shutdownWrite()
+        let reply = try up.readExact(40, timeout: 120)
+        let count = reply[0..<8].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }.littleEndian
+        XCTAssertEqual(count, UInt64(size), "the service received every byte")
+        XCTAssertEqual(hexString(reply[8...]), hexString(expected), "the service's hash of what it received")
+        XCTAssertEqual(up.readSome(timeout: 10), .eof)
+
+        // Download.
+        let down = try Conn.connect(port: sourcePort)
+        let got = try down.readToEOF(timeout: 120, limit: size + 1)
+        XCTAssertEqual(got.count, size)
+        XCTAssertEqual(sha256Hex(got), hexString(expected), "the visitor's hash of what it received")
+        XCTAssertEqual(sink.accepted, 1)
+        XCTAssertEqual(source.accepted, 1)
+    }
+
+    func testHundredConcurrentConnections() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo)
+        try echoOnce(port: t.publicPort, payload: Array("warm-up".utf8))
+        let serverSockets = t.server.settled { t.server.socketCount }
+        let clientSockets = t.client.settled { t.client.socketCount }
+        let failures = Locked<[String]>([])
+        let port = t.publicPort
+        let finished = runConcurrently(100, timeout: 90) { i in
+            do {
+                let c = try Conn.connect(port: port)
+                defer { c.close() }
+                let payload = patternBytes(count: 20_000 + i * 97, seed: UInt64(1000 + i))
+                // Write and read in turns so neither side's buffers matter.
+                var offset = 0
+                while offset < payload.count {
+                    let chunk = Array(payload[offset..<min(payload.count, offset + 8192)])
+                    try c.send(chunk)
+                    let back = try c.readExact(chunk.count, timeout: 30)
+                    if back != chunk { throw E2EError("connection \(i): wrong bytes at offset \(offset)") }
+                    offset += chunk.count
+                }
+                c.shutdownWrite()
+                if c.readSome(timeout: 30) != .eof { throw E2EError("connection \(i): no EOF after half-close") }
+            } catch {
+                failures.withLock { $0.append("\(error)") }
+            }
+        }
+        XCTAssertTrue(finished, "not all 100 connections finished in time")
+        XCTAssertEqual(failures.get, [], "\(failures.get.count) connections failed")
+        XCTAssertEqual(echo.accepted, 101, "one local connection per visitor")
+        // Every relayed connection is gone from both processes; the pools are back to their size.
+        XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
+                      "server sockets: \(serverSockets ?? -1) before, \(t.server.socketCount ?? -1) after")
+        XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
+                      "client sockets: \(clientSockets ?? -1) before, \(t.client.socketCount ?? -1) after")
+    }
+
+    // MARK: Refusals
+
+    func testWrongTokenRefusedNothingForwarded() throws {
+        let local = keep(try LocalService.echo())
+        let control = Ports.free()
+        let publicPort = Ports.free()
+        let server = rathole("server", config: serverConfig(controlPort: control, token: "right-token", services: [("svc", publicPort)]))
+        let client = rathole("client", config: clientConfig(controlPort: control, token: "wrong-token", services: [("svc", local.port)]))
+        try server.start()
+        try waitServerReady(server, service: "svc")
+        try client.start()
+        XCTAssertTrue(server.waitForLog("wrong token", timeout: 10), "the server logs the refusal")
+        XCTAssertTrue(client.waitForLog("refused the token", timeout: 10), "the client logs the refusal")
+        try assertNothingForwarded(publicPort: publicPort, local: local)
+        XCTAssertEqual(client.occurrences(of: "control channel established"), 0)
+        XCTAssertTrue(server.isRunning && client.isRunning)
+    }
+
+    func testUnknownServiceRefusedNothingForwarded() throws {
+        let local = keep(try LocalService.echo())
+        let control = Ports.free()
+        let publicPort = Ports.free()
+        let server = rathole("server", config: serverConfig(controlPort: control, services: [("echo", publicPort)]))
+        let client = rathole("client", config: clientConfig(controlPort: control, services: [("nosuch", local.port)]))
+        try server.start()
+        try waitServerReady(server, service: "echo")
+        try client.start()
+        XCTAssertTrue(client.waitForLog("does not know this service", timeout: 10), "the client logs the refusal")
+        try assertNothingForwarded(publicPort: publicPort, local: local)
+        XCTAssertEqual(client.occurrences(of: "control channel established"), 0)
+        XCTAssertTrue(server.isRunning && client.isRunning)
+    }
+
+    /// A visitor gets no bytes (the server may hold it, then closes it), and the local service
+    /// never sees a connection.
+    private func assertNothingForwarded(publicPort: UInt16, local: LocalService, file: StaticString = #filePath, line: UInt = #line) throws {
+        let v = try Conn.connect(port: publicPort)
+        try v.send("is anybody there?")
+        let r = v.readSome(timeout: 3)
+        switch r {
+        case .timeout, .eof, .error: break
+        case .data(let d): XCTFail("the visitor got bytes: \(hexString(d))", file: file, line: line)
+        }
+        v.close()
+        XCTAssertEqual(local.accepted, 0, "the local service must see no connection", file: file, line: line)
+    }
+
+    // MARK: Start order and restarts
+
+    func testClientStartedBeforeServer() throws {
+        let echo = keep(try LocalService.echo())
+        let control = Ports.free()
+        let publicPort = Ports.free()
+        let server = rathole("server", config: serverConfig(controlPort: control, services: [("svc", publicPort)]))
+        let client = rathole("client", config: clientConfig(controlPort: control, services: [("svc", echo.port)]))
+        try client.start()
+        XCTAssertTrue(client.waitForLog("retrying", count: 2, timeout: 10), "the client keeps retrying while the server is down")
+        XCTAssertTrue(client.isRunning)
+        try server.start()
+        try waitServerReady(server, service: "svc")
+        try waitClientReady(client, service: "svc", timeout: 15)
+        XCTAssertTrue(waitUntilForwarding(port: publicPort, timeout: 15))
+    }
+
+    func testServerRestartRecovers() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo)
+        try echoOnce(port: t.publicPort, payload: Array("before the restart".utf8))
+        let clientSockets = t.client.settled { t.client.socketCount }
+        t.server.killNow()
+        XCTAssertTrue(t.client.waitForLog("retrying", timeout: 10), "the client notices the server is gone")
+        try t.server.start()
+        try waitServerReady(t.server, service: t.name)
+        try waitClientReady(t.client, service: t.name, count: 2, timeout: 15)
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the server restart")
+        XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
+                      "client sockets: \(clientSockets ?? -1) before the restart, \(t.client.socketCount ?? -1) after (leaked?)")
+    }
+
+    func testClientRestartRecovers() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo)
+        try echoOnce(port: t.publicPort, payload: Array("before the restart".utf8))
+        let serverSockets = t.server.settled { t.server.socketCount }
+        t.client.killNow()
+        XCTAssertTrue(t.server.waitForLog(" ended: ", timeout: 10), "the server notices the client is gone")
+        try t.client.start()
+        try waitClientReady(t.client, service: t.name)
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the client restart")
+        // And with a graceful stop as well.
+        t.client.signal(SIGTERM)
+        XCTAssertEqual(t.client.waitForExit(timeout: 10), .exited(0))
+        try t.client.start()
+        try waitClientReady(t.client, service: t.name)
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the second client restart")
+        XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
+                      "server sockets: \(serverSockets ?? -1) before the restarts, \(t.server.socketCount ?? -1) after (leaked?)")
+    }
+
+    /// SIGSTOP freezes the server: the client's heartbeat timeout (2 s; the server beats every 1 s)
+    /// fires and it reconnects; after SIGCONT forwarding works again.
+    func testFrozenServerDetectedByHeartbeatTimeout() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo, serverHeartbeat: 1, clientHeartbeatTimeout: 2)
+        try echoOnce(port: t.publicPort, payload: Array("before the freeze".utf8))
+        let serverSockets = t.server.settled { t.server.socketCount }
+        let clientSockets = t.client.settled { t.client.socketCount }
+        // Heartbeats keep an idle control channel alive past the timeout.
+        sleepSeconds(3)
+        XCTAssertEqual(t.client.occurrences(of: "no heartbeat"), 0, "heartbeats every 1 s must satisfy a 2 s timeout")
+        t.server.signal(SIGSTOP)
+        let detected = t.client.waitForLog("no heartbeat", timeout: 10)
+        t.server.signal(SIGCONT)
+        XCTAssertTrue(detected, "the client did not log a heartbeat timeout while the server was frozen")
+        try waitClientReady(t.client, service: t.name, count: 2, timeout: 15)
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works after SIGCONT")
+        // The abandoned session is cleaned up on both sides.
+        XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
+                      "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
+        XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
+                      "client sockets: \(clientSockets ?? -1) before the freeze, \(t.client.socketCount ?? -1) after")
+    }
+
+    // MARK: Half-close
+
+    /// The visitor shuts down its writing side and keeps receiving what the service sends after
+    /// it saw EOF.
+    func testHalfClosePassesThrough() throws {
+        let service = keep(try LocalService.halfClose())
+        let t = try startTunnel(local: service)
+        let v = try Conn.connect(port: t.publicPort)
+        XCTAssertEqual(String(decoding: try v.readExact(9, timeout: 15), as: UTF8.self), "greeting;")
+        try v.send("ping-half-close")
+        v.shutdownWrite()
+        let rest = try v.readToEOF(timeout: 15)
+        XCTAssertEqual(String(decoding: rest, as: UTF8.self), "saw EOF after 15 bytes;you said <ping-half-close>")
+    }
+
+    /// The other way round: the service finishes sending first; the visitor sees EOF and can
+    /// still send, and the service receives it all.
+    func testHalfCloseFromTheServiceSide() throws {
+        let received = Locked<[UInt8]?>(nil)
+        let service = keep(try LocalService(name: "early-closer") { conn in
+            try? conn.send("bye;")
+            conn.shutdownWrite()
+            let got = try? conn.readToEOF(timeout: 30)
+            received.withLock { $0 = got }
+        })
+        let t = try startTunnel(local: service)
+        let v = try Conn.connect(port: t.publicPort)
+        XCTAssertEqual(try v.readToEOF(timeout: 15), Array("bye;".utf8), "the service's FIN reaches the visitor")
+        let late = patternBytes(count: 300_000, seed: 7)
+        try v.send(late)
+        v.shutdownWrite()
+        XCTAssertTrue(waitUntil(timeout: 15) { received.get != nil }, "the service never saw the visitor's EOF")
+        XCTAssertEqual(received.get?.count, late.count)
+        XCTAssertTrue(received.get == late, "bytes sent after the other side's FIN arrive intact")
+    }
+
+    /// When nothing listens at local_addr the visitor is closed, and the tunnel keeps working once
+    /// the service is back.
+    func testLocalServiceDownClosesVisitor() throws {
+        // A port that nothing listens on (yet).
+        let localPort = Ports.free()
+        let control = Ports.free()
+        let publicPort = Ports.free()
+        let server = rathole("server", config: serverConfig(controlPort: control, services: [("svc", publicPort)]))
+        let client = rathole("client", config: clientConfig(controlPort: control, services: [("svc", localPort)]))
+        try server.start()
+        try waitServerReady(server, service: "svc")
+        try client.start()
+        try waitClientReady(client, service: "svc")
+        for _ in 0..<3 {
+            let v = try Conn.connect(port: publicPort)
+            try? v.send("anyone?")
+            guard let got = v.waitClosed(timeout: 15) else {
+                XCTFail("the visitor stays open although local_addr refuses connections")
+                return
+            }
+            XCTAssertEqual(got, [], "no bytes for a visitor whose service is down")
+        }
+        XCTAssertTrue(client.waitForLog("cannot connect to local_addr", timeout: 5))
+        // The service comes up on that port.
+        let listener = try Listener(port: localPort)
+        let v = try Conn.connect(port: publicPort)
+        try v.send("now?")
+        guard let s = listener.accept(timeout: 15) else {
+            XCTFail("no connection reached the service once it was up")
+            return
+        }
+        XCTAssertEqual(try s.readExact(4, timeout: 10), Array("now?".utf8))
+        try s.send("yes")
+        XCTAssertEqual(try v.readExact(3, timeout: 10), Array("yes".utf8))
+        XCTAssertTrue(server.isRunning && client.isRunning)
+    }
+
+    // MARK: Config errors and signals
+
+    func testConfigErrorsExitOneNamingTheKey() throws {
+        let p1 = Ports.free()
+        let p2 = Ports.free()
+        let cases: [(name: String, config: String, key: String)] = [
+            ("server-no-token", """
+                [server]
+                bind_addr = "127.0.0.1:\(p1)"
+
+                [server.services.echo]
+                bind_addr = "127.0.0.1:\(p2)"
+                """, "server.services.echo.token"),
+            ("client-no-token", """
+                [client]
+                remote_addr = "127.0.0.1:\(p1)"
+
+                [client.services.echo]
+                local_addr = "127.0.0.1:\(p2)"
+                """, "client.services.echo.token"),
+            ("server-unknown-key", """
+                [server]
+                bind_addr = "127.0.0.1:\(p1)"
+                default_token = "x"
+                bogus_knob = 3
+
+                [server.services.echo]
+                bind_addr = "127.0.0.1:\(p2)"
+                """, "bogus_knob"),
+            ("client-unknown-service-key", """
+                [client]
+                remote_addr = "127.0.0.1:\(p1)"
+                default_token = "x"
+
+                [client.services.echo]
+                local_addr = "127.0.0.1:\(p2)"
+                colour = "red"
+                """, "client.services.echo.colour"),
+        ]
+        for c in cases {
+            let p = rathole(c.name, config: c.config)
+            try p.start()
+            XCTAssertEqual(p.waitForExit(timeout: 10), .exited(1), c.name)
+            let log = p.log
+            XCTAssertTrue(log.contains(c.key), "\(c.name): stderr must name \(c.key): \(log)")
+            XCTAssertTrue(log.contains(p.configPath), "\(c.name): stderr should name the file: \(log)")
+        }
+        XCTAssertThrowsError(try Conn.connect(port: p1), "a server with a bad config must not listen")
+    }
+
+    func testSigtermExitsZero() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo)
+        // A visitor mid-connection while the processes are stopped.
+        let v = try Conn.connect(port: t.publicPort)
+        try v.send("still here")
+        XCTAssertEqual(try v.readExact(10, timeout: 15), Array("still here".utf8))
+        t.client.signal(SIGTERM)
+        XCTAssertEqual(t.client.waitForExit(timeout: 10), .exited(0), "client on SIGTERM")
+        t.server.signal(SIGTERM)
+        XCTAssertEqual(t.server.waitForExit(timeout: 10), .exited(0), "server on SIGTERM")
+        XCTAssertThrowsError(try Conn.connect(port: t.controlPort), "the control port is closed after exit")
+        XCTAssertNotNil(v.waitClosed(timeout: 10), "the visitor's connection ends with the processes")
+    }
+}

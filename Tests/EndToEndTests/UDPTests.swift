@@ -1,0 +1,318 @@
+// UDP services end to end: a real server and client, a UDP echo service behind the client,
+// visitors' datagrams checked byte for byte; the client's per-visitor sockets counted in /proc;
+// a hand-written client that sends malformed frames on a data channel.
+import ControlPlane
+import Foundation
+import Glibc
+import XCTest
+
+final class UDPTests: FeatureTestCase {
+    struct UDPTunnel {
+        let server: RatholeProcess
+        let client: RatholeProcess
+        let controlPort: UInt16
+        let publicPort: UInt16
+        let echo: FeatureUDPEcho
+    }
+
+    /// A server and a client with one UDP service `name` in front of a UDP echo service; returns
+    /// once a datagram has made the round trip.
+    private func startUDPTunnel(name: String = "uecho", ipv6: Bool = false) throws -> UDPTunnel {
+        let echo = try FeatureUDPEcho(ipv6: ipv6)
+        featureCleanup { echo.stop() }
+        let control = Ports.free()
+        let publicPort = try freeUDPPort(ipv6: ipv6)
+        let host = ipv6 ? "::1" : "127.0.0.1"
+        let service = FeatureService(name, type: "udp", port: publicPort, localPort: echo.port, bindHost: host, localHost: host)
+        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [service]))
+        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [service]))
+        try server.start()
+        try waitServerReady(server, service: name)
+        try client.start()
+        try waitClientReady(client, service: name)
+        let t = UDPTunnel(server: server, client: client, controlPort: control, publicPort: publicPort, echo: echo)
+        try waitUDPForwarding(t, ipv6: ipv6)
+        return t
+    }
+
+    /// A UDP port that was free a moment ago, distinct from every port handed out by `Ports`.
+    private func freeUDPPort(ipv6: Bool = false) throws -> UInt16 {
+        while true {
+            let port = Ports.free()
+            if (try? FeatureUDPSocket(ipv6: ipv6, port: port)) != nil { return port }
+        }
+    }
+
+    /// Waits until a datagram makes the round trip (the server starts forwarding once a data
+    /// channel is up), then a moment more so that both pooled channels are in place.
+    private func waitUDPForwarding(_ t: UDPTunnel, ipv6: Bool = false, timeout: Double = 15) throws {
+        let probe = try FeatureUDPSocket(ipv6: ipv6)
+        defer { probe.close() }
+        let deadline = monoNow() + timeout
+        var n = 0
+        while monoNow() < deadline {
+            n += 1
+            let payload = Array("udp probe \(n)".utf8)
+            if probe.roundTrip(payload, toPort: t.publicPort, attempts: 1, timeout: 0.3) == payload {
+                sleepSeconds(0.5)
+                return
+            }
+        }
+        throw E2EError("no UDP datagram made the round trip within \(timeout)s")
+    }
+
+    // MARK: Sizes
+
+    func testDatagramSizesRoundTripIntact() throws {
+        let t = try startUDPTunnel()
+        let sendersBefore = t.echo.senders.count
+        let visitor = try FeatureUDPSocket()
+        for (i, size) in [1, 100, 1472, 2048, 9000, 32768, 65507].enumerated() {
+            let payload = patternBytes(count: size, seed: UInt64(0xD6 + i))
+            guard let back = visitor.roundTrip(payload, toPort: t.publicPort) else {
+                XCTFail("\(size)-byte datagram: no reply")
+                continue
+            }
+            XCTAssertEqual(back.count, size, "\(size)-byte datagram came back with \(back.count) bytes")
+            XCTAssertTrue(back == payload, "\(size)-byte datagram came back different")
+        }
+        // A burst of mixed sizes without waiting: every datagram comes back whole, as itself.
+        var sent: [[UInt8]] = []
+        for i in 0..<24 {
+            let payload = patternBytes(count: [1, 700, 1500, 4000, 20000, 65500][i % 6] + (i / 6), seed: UInt64(900 + i))
+            sent.append(payload)
+            try visitor.send(payload, toPort: t.publicPort)
+        }
+        var got: [[UInt8]] = []
+        while got.count < sent.count, let d = visitor.receive(timeout: 5) { got.append(d) }
+        XCTAssertEqual(got.count, sent.count, "replies to a burst of \(sent.count) datagrams")
+        for d in got {
+            XCTAssertTrue(sent.contains(d), "a \(d.count)-byte reply that was never sent (datagram boundaries lost?)")
+        }
+        XCTAssertEqual(t.echo.senders.count - sendersBefore, 1, "one local socket for this visitor")
+    }
+
+    // MARK: Many visitors
+
+    func testHundredVisitorsEachGetOnlyTheirOwnReplies() throws {
+        let t = try startUDPTunnel()
+        let baseline = try XCTUnwrap(FeatureSupport.udpSocketCount(pid: t.client.pid), "client UDP sockets")
+        let sendersBefore = t.echo.senders.count
+        let visitors = try (0..<100).map { _ in try FeatureUDPSocket() }
+        defer { visitors.forEach { $0.close() } }
+        // Three rounds; in each, every visitor sends its own payload before anyone reads.
+        for round in 0..<3 {
+            var payloads: [[UInt8]] = []
+            for (i, v) in visitors.enumerated() {
+                let p = Array("visitor \(i) from port \(v.port), round \(round): ".utf8) + patternBytes(count: 50 + i * 13, seed: UInt64(round * 1000 + i))
+                payloads.append(p)
+                try v.send(p, toPort: t.publicPort)
+            }
+            var missing: [Int] = []
+            for (i, v) in visitors.enumerated() {
+                // UDP may drop under a burst: resend once to a visitor that got nothing.
+                var reply = v.receive(timeout: 3)
+                if reply == nil {
+                    try v.send(payloads[i], toPort: t.publicPort)
+                    reply = v.receive(timeout: 3)
+                }
+                guard let reply else {
+                    missing.append(i)
+                    continue
+                }
+                XCTAssertTrue(reply == payloads[i], "visitor \(i) got someone else's reply: \(String(decoding: reply.prefix(40), as: UTF8.self))")
+                // Nothing else may arrive for this visitor.
+                if let extra = v.receive(timeout: 0.01), extra != payloads[i] {
+                    XCTFail("visitor \(i) got an extra datagram: \(String(decoding: extra.prefix(40), as: UTF8.self))")
+                }
+            }
+            XCTAssertEqual(missing, [], "visitors without a reply in round \(round)")
+        }
+        // The client keeps one local socket per visitor: the service saw 100 new senders, and the
+        // client process holds 100 more UDP sockets.
+        XCTAssertEqual(t.echo.senders.count - sendersBefore, 100, "one local socket per visitor")
+        let now = try XCTUnwrap(FeatureSupport.udpSocketCount(pid: t.client.pid))
+        XCTAssertEqual(now - baseline, 100, "client UDP sockets went from \(baseline) to \(now)")
+    }
+
+    // MARK: Idle expiry
+
+    /// The client drops a visitor's socket after 60 s without traffic: one wait of about a minute.
+    func testIdleVisitorSocketsAreFreed() throws {
+        let t = try startUDPTunnel()
+        let baseline = try XCTUnwrap(FeatureSupport.udpSocketCount(pid: t.client.pid))
+        let visitors = try (0..<10).map { _ in try FeatureUDPSocket() }
+        defer { visitors.forEach { $0.close() } }
+        for (i, v) in visitors.enumerated() {
+            let p = Array("idle visitor \(i)".utf8)
+            XCTAssertEqual(v.roundTrip(p, toPort: t.publicPort), p, "visitor \(i)")
+        }
+        let lastTraffic = monoNow()
+        let busy = try XCTUnwrap(FeatureSupport.udpSocketCount(pid: t.client.pid))
+        XCTAssertEqual(busy - baseline, 10, "one client socket per visitor")
+
+        // Still there well before the idle timeout...
+        sleepSeconds(45 - (monoNow() - lastTraffic))
+        XCTAssertEqual(FeatureSupport.udpSocketCount(pid: t.client.pid), busy, "sockets dropped before 60 s of idleness")
+        // ...and gone after it (the probe visitor's socket, idle since before, goes too: the client
+        // has no UDP socket but its visitors').
+        let freed = waitUntil(timeout: 80 - (monoNow() - lastTraffic), interval: 0.25) {
+            FeatureSupport.udpSocketCount(pid: t.client.pid) == 0
+        }
+        let after = FeatureSupport.udpSocketCount(pid: t.client.pid) ?? -1
+        XCTAssertTrue(freed, "client UDP sockets after \(Int(monoNow() - lastTraffic)) s idle: \(after) (baseline \(baseline), busy \(busy))")
+        XCTAssertGreaterThanOrEqual(monoNow() - lastTraffic, 59, "freed before the idle timeout")
+
+        // An expired visitor that comes back gets a fresh socket and its replies.
+        let p = Array("back after a minute".utf8)
+        XCTAssertEqual(visitors[3].roundTrip(p, toPort: t.publicPort), p)
+        XCTAssertEqual(FeatureSupport.udpSocketCount(pid: t.client.pid), 1, "one socket for the returning visitor")
+        XCTAssertTrue(t.server.isRunning && t.client.isRunning)
+    }
+
+    // MARK: Restart
+
+    func testClientRestartRecovers() throws {
+        let t = try startUDPTunnel()
+        let visitor = try FeatureUDPSocket()
+        let before = Array("before the restart".utf8)
+        XCTAssertEqual(visitor.roundTrip(before, toPort: t.publicPort), before)
+
+        t.client.killNow()
+        // While the client is gone, datagrams go nowhere (and the server stays up).
+        try visitor.send(Array("into the void".utf8), toPort: t.publicPort)
+        XCTAssertNil(visitor.receive(timeout: 1), "a reply with no client running")
+        XCTAssertTrue(t.server.isRunning)
+
+        try t.client.start()
+        try waitClientReady(t.client, service: "uecho")
+        // The same visitor (same source port) is served again.
+        var recovered = false
+        let deadline = monoNow() + 15
+        while !recovered && monoNow() < deadline {
+            let p = Array("after the restart".utf8)
+            recovered = visitor.roundTrip(p, toPort: t.publicPort, attempts: 1, timeout: 0.5) == p
+        }
+        XCTAssertTrue(recovered, "datagrams flow again after the client restarted")
+        for i in 0..<20 {
+            let p = patternBytes(count: 1 + i * 500, seed: UInt64(i))
+            XCTAssertEqual(visitor.roundTrip(p, toPort: t.publicPort), p, "datagram \(i) after the restart")
+        }
+        // A second visitor too.
+        let other = try FeatureUDPSocket()
+        let q = Array("a new visitor".utf8)
+        XCTAssertEqual(other.roundTrip(q, toPort: t.publicPort), q)
+    }
+
+    // MARK: IPv6
+
+    func testIPv6Visitors() throws {
+        do {
+            _ = try FeatureUDPSocket(ipv6: true)
+        } catch {
+            throw XCTSkip("[::1] is not usable here: \(error)")
+        }
+        let t = try startUDPTunnel(name: "uecho6", ipv6: true)
+        let sendersBefore = t.echo.senders.count
+        let visitors = try (0..<8).map { _ in try FeatureUDPSocket(ipv6: true) }
+        defer { visitors.forEach { $0.close() } }
+        for (i, v) in visitors.enumerated() {
+            for size in [1, 1200, 9000, 65507] {
+                let p = Array("v6 visitor \(i) ".utf8) + patternBytes(count: size - min(size, 13), seed: UInt64(i * 7 + size))
+                let payload = Array(p.prefix(size))
+                guard let back = v.roundTrip(payload, toPort: t.publicPort) else {
+                    XCTFail("IPv6 visitor \(i), \(size) bytes: no reply")
+                    continue
+                }
+                XCTAssertTrue(back == payload, "IPv6 visitor \(i), \(size) bytes: got \(back.count) different bytes")
+            }
+        }
+        XCTAssertEqual(t.echo.senders.count - sendersBefore, 8, "one local socket per IPv6 visitor")
+    }
+
+    // MARK: Malformed frames from a client
+
+    /// A hand-written client owns UDP service `fake`; the real client serves a UDP and a TCP
+    /// service. Each malformed frame on the fake client's data channel closes that channel only,
+    /// with a log line that says what was wrong.
+    func testMalformedFramesCloseOnlyThatChannel() throws {
+        let udpEcho = try FeatureUDPEcho()
+        featureCleanup { udpEcho.stop() }
+        let tcpEcho = keep(try LocalService.echo())
+        let control = Ports.free()
+        let fakePort = try freeUDPPort()
+        let realPort = try freeUDPPort()
+        let tcpPort = Ports.free()
+        let fake = FeatureService("fake", type: "udp", port: fakePort, localPort: 9)
+        let real = FeatureService("real", type: "udp", port: realPort, localPort: udpEcho.port)
+        let tcp = FeatureService("tcpecho", port: tcpPort, localPort: tcpEcho.port)
+        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [fake, real, tcp]))
+        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [real, tcp]))
+        try server.start()
+        try waitServerReady(server, service: "fake")
+        try client.start()
+        try waitClientReady(client, service: "real")
+        try waitClientReady(client, service: "tcpecho")
+
+        let (controlConn, ack, key) = try FeatureRawClient.handshake(port: control, service: "fake", token: FeatureConfig.token)
+        defer { controlConn.close() }
+        XCTAssertEqual(ack, 0, "Ack Ok")
+        XCTAssertEqual(hexString(try controlConn.readExact(8, timeout: 5)), "0000000000000000", "two CreateDataChannel for a UDP service")
+
+        let visitor = try FeatureUDPSocket()
+        let vp = visitor.port
+        let cases: [(what: String, bytes: [UInt8], thenEOF: Bool, expect: String)] = [
+            ("header length byte 13", [13] + FeatureRawClient.ipv4Frame(port: vp, payload: Array("abcde".utf8)).dropFirst(), false,
+             "header length byte is 13"),
+            ("address tag 7", [12, 7, 0, 0, 0, 127, 0, 0, 1, UInt8(vp & 0xff), UInt8(vp >> 8), 5, 0] + Array("abcde".utf8), false,
+             "unknown socket address tag 7"),
+            ("declared length 65535", FeatureRawClient.ipv4Frame(port: vp, length: 65535, payload: patternBytes(count: 100, seed: 1)), false,
+             "payload length 65535 exceeds"),
+            ("declared length past the end of the data", FeatureRawClient.ipv4Frame(port: vp, length: 1000, payload: Array("only ten b".utf8)), true,
+             "ended in the middle of a frame"),
+        ]
+        var realRound = 0
+        for (k, c) in cases.enumerated() {
+            // A fresh data channel; it gets StartForwardUdp and works.
+            let data = try FeatureRawClient.dataChannel(port: control, sessionKey: key)
+            defer { data.close() }
+            XCTAssertEqual(hexString(try data.readExact(4, timeout: 5)), "01000000", "\(c.what): StartForwardUdp")
+            let hello = Array("hello fake \(k)".utf8)
+            // The server may still be putting the channel to work: resend until the frame shows up.
+            var frame: [UInt8] = []
+            let deadline = monoNow() + 10
+            while frame.isEmpty && monoNow() < deadline {
+                try visitor.send(hello, toPort: fakePort)
+                if data.waitReadable(timeout: 0.5) { frame = try data.readExact(13 + hello.count, timeout: 5) }
+            }
+            XCTAssertEqual(hexString(frame), hexString(FeatureRawClient.ipv4Frame(port: vp, payload: hello)),
+                           "\(c.what): the visitor's datagram framed with its address")
+            while data.waitReadable(timeout: 0.2) { _ = try data.readExact(13 + hello.count, timeout: 5) }
+            let reply = Array("reply \(k)".utf8)
+            try data.send(FeatureRawClient.ipv4Frame(port: vp, payload: reply))
+            XCTAssertEqual(visitor.receive(timeout: 5), reply, "\(c.what): a good frame reaches the visitor")
+
+            // The malformed frame: the server closes this channel and says why.
+            let logged = server.occurrences(of: c.expect)
+            try data.send(c.bytes)
+            if c.thenEOF { data.shutdownWrite() }
+            let rest = data.waitClosed(timeout: 10)
+            XCTAssertNotNil(rest, "\(c.what): the server kept the data channel open")
+            XCTAssertEqual(hexString(rest ?? []), "", "\(c.what): nothing more on the channel")
+            XCTAssertTrue(server.waitForLog(c.expect, count: logged + 1, timeout: 5), "\(c.what): no log line with \"\(c.expect)\"")
+            let line = FeatureSupport.lines(of: server.log, containing: c.expect).last ?? ""
+            XCTAssertTrue(line.contains("fake"), "\(c.what): the log line names the service: \(line)")
+            XCTAssertTrue(line.contains(" WARN ") || line.contains("ERROR"), "\(c.what): logged as a warning or error: \(line)")
+            XCTAssertNil(visitor.receive(timeout: 0.3), "\(c.what): the visitor got something from a malformed frame")
+
+            // Everything else keeps working: the control channel, the real client's services.
+            XCTAssertEqual(controlConn.readSome(timeout: 0.05), .timeout, "\(c.what): the control channel must stay open")
+            realRound += 1
+            let u = try FeatureUDPSocket()
+            let up = Array("real udp \(realRound)".utf8)
+            XCTAssertEqual(u.roundTrip(up, toPort: realPort), up, "\(c.what): the other UDP service")
+            XCTAssertNoThrow(try echoOnce(port: tcpPort, payload: Array("real tcp \(realRound)".utf8)), "\(c.what): the TCP service")
+        }
+        XCTAssertTrue(server.isRunning && client.isRunning)
+    }
+}
