@@ -110,8 +110,9 @@ final class DatagramChannel: @unchecked Sendable {
 }
 
 /// The server side of a UDP service: visitors' datagrams on the service port go out framed over
-/// the client's data channels, replies come back and are sent to the right visitor. Each visitor
-/// sticks to one channel (by its address), so its datagrams stay in order; with a stock rathole
+/// the client's data channels, replies come back and are sent to the right visitor. A new visitor
+/// is given the next channel in turn and stays on it while it is active and the channel lives, so
+/// its datagrams stay in order and reach the local service from one socket; with a stock rathole
 /// client every channel works the same way. Lives on one ring.
 final class UDPServerForwarder: @unchecked Sendable {
     let ring: RingExecutor
@@ -120,6 +121,12 @@ final class UDPServerForwarder: @unchecked Sendable {
     private var fd: Int32 = -1
     private var channels: [DatagramChannel] = []
     private var stopped = false
+    /// Which channel each visitor uses, and when it was last heard from.
+    private var assigned: [PeerAddress: (channel: DatagramChannel, lastSeen: ContinuousClock.Instant)] = [:]
+    private var nextChannel = 0
+    private var lastSweep = ContinuousClock.now
+    /// A visitor silent this long may be moved to another channel (the client drops its socket too).
+    static let visitorIdle: Duration = .seconds(60)
 
     init(ring: RingExecutor, service: ServerServiceConfig, logger: Logger) {
         self.ring = ring
@@ -146,17 +153,35 @@ final class UDPServerForwarder: @unchecked Sendable {
         while !stopped {
             do { _ = try await ring.poll(fd, events: Socket.readableEvents) } catch { break }
             // Take what is queued, a bounded number of batches so the ring stays responsive.
+            let now = ContinuousClock.now
             for _ in 0..<16 {
                 guard let n = try? batch.receive(fd), n > 0 else { break }
-                let targets = channels
-                guard !targets.isEmpty else { continue }
                 for i in 0..<n {
                     let peer = PeerAddress(batch.sender(i))
-                    let channel = targets.count == 1 ? targets[0] : targets[peer.spread % targets.count]
-                    channel.send(batch.payload(i), peer: peer)
+                    channel(for: peer, now: now)?.send(batch.payload(i), peer: peer)
                 }
             }
+            if now - lastSweep > .seconds(10) { sweep(now) }
         }
+    }
+
+    /// The visitor's channel: the one it already uses, or the next in turn.
+    private func channel(for peer: PeerAddress, now: ContinuousClock.Instant) -> DatagramChannel? {
+        if let entry = assigned[peer], entry.channel.alive {
+            assigned[peer]!.lastSeen = now
+            return entry.channel
+        }
+        guard !channels.isEmpty else { return nil }
+        nextChannel = (nextChannel + 1) % channels.count
+        let channel = channels[nextChannel]
+        assigned[peer] = (channel, now)
+        return channel
+    }
+
+    /// Forgets visitors gone quiet and those whose channel closed.
+    private func sweep(_ now: ContinuousClock.Instant) {
+        lastSweep = now
+        assigned = assigned.filter { $0.value.channel.alive && now - $0.value.lastSeen < Self.visitorIdle }
     }
 
     /// Puts a new data channel to work: StartForwardUdp, then frames both ways.
@@ -178,6 +203,7 @@ final class UDPServerForwarder: @unchecked Sendable {
                 replies.flush(self.fd)
             })
             self.channels.removeAll { $0 === channel }
+            self.sweep(.now)
             DatagramChannel.logEnd(reason, service: self.service.name, logger: self.logger)
         }
     }
@@ -195,18 +221,6 @@ final class UDPServerForwarder: @unchecked Sendable {
             self.channels.forEach { $0.close() }
             if self.fd >= 0 { Socket.shutdownBoth(self.fd) }
         }
-    }
-}
-
-extension PeerAddress {
-    /// A cheap, stable spread of addresses over channels (no per-datagram SipHash).
-    var spread: Int {
-        let bits: UInt64
-        switch self {
-        case let .v4(a, port): bits = UInt64(a.value) << 16 | UInt64(port)
-        case let .v6(a, port): bits = a.high ^ a.low ^ UInt64(port)
-        }
-        return Int(truncatingIfNeeded: (bits &* 0x9E37_79B9_7F4A_7C15) >> 33)
     }
 }
 
