@@ -384,6 +384,10 @@ struct io_uring_sqe *rr_ring_sqe(rr_ring *ring) {
     return sqe;
 }
 
+void rr_ring_reserve(rr_ring *ring, unsigned n) {
+    while (io_uring_sq_space_left(&ring->uring) < n) io_uring_submit(&ring->uring);
+}
+
 int rr_ring_submit(rr_ring *ring, int64_t wait_ns) {
     // Never sleep while something is already waiting to be reaped.
     if (ring->ended || io_uring_cq_ready(&ring->uring)) wait_ns = 0;

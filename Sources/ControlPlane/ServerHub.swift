@@ -163,6 +163,16 @@ actor ServerHub {
         }
         guard entry.waiters.count < Self.maxWaitingVisitors else { return nil }
         return await withCheckedContinuation { continuation in
+            // Entering withCheckedContinuation can suspend (observed: the hub ran addDataChannel
+            // between the pool check above and this closure), so look at the pool again: a channel
+            // filed in between must not sit idle while this visitor waits for the next one.
+            while let channel = entry.pool.popFirst() {
+                if Socket.isAlive(channel.stream.fd) {
+                    continuation.resume(returning: channel.stream)
+                    return
+                }
+                channel.stream.close()
+            }
             entry.waiters.append(WaitingVisitor(continuation: continuation, deadline: .now + Self.visitorPatience))
         }
     }

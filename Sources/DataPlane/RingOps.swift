@@ -36,6 +36,7 @@ extension RingExecutor {
         let completion = await withTaskCancellationHandler {
             await withUnsafeContinuation { (cont: UnsafeContinuation<Completion, Never>) in
                 slot.pointee.waiter = .continuation(cont)
+                if timeout != nil { rr_ring_reserve(self.rawRing, 2) }
                 let sqe = self.sqe()
                 prepare(sqe, slot)
                 io_uring_sqe_set_data64(sqe, userData)

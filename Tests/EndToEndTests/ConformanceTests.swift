@@ -167,6 +167,32 @@ final class ConformanceTests: E2ETestCase {
         XCTAssertEqual(try second.readExact(4, timeout: 10), Recorded.createDataChannel)
     }
 
+    /// One data channel, then at once one visitor, many times over: every channel must go to the
+    /// visitor that is waiting (a channel filed just as the visitor starts to wait must not be
+    /// left in the pool while the visitor waits for the next one).
+    func testServerPairsEachNewDataChannelWithTheWaitingVisitor() throws {
+        let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
+        let c = try Conn.connect(port: control)
+        let key = authDigest(token: "wire_token_1", nonce: try sendHelloReadNonce(c))
+        try c.send(key)
+        XCTAssertEqual(try c.readExact(36, timeout: 10), [UInt8](repeating: 0, count: 36))
+        for round in 0..<40 {
+            let d = try Conn.connect(port: control)
+            try d.send([1, 0, 0, 0, 1] + key)
+            let v = try Conn.connect(port: publicPort)
+            try v.send([UInt8(round)])
+            guard let got = try? d.readExact(5, timeout: 5) else {
+                XCTFail("round \(round): the visitor was not paired with the data channel just opened")
+                return
+            }
+            XCTAssertEqual(got, [0, 0, 0, 0, UInt8(round)], "round \(round)")
+            try d.send([UInt8(round) ^ 0xff])
+            XCTAssertEqual(try v.readExact(1, timeout: 5), [UInt8(round) ^ 0xff], "round \(round)")
+            v.close()
+            d.close()
+        }
+    }
+
     /// Scenario 02: a wrong token gets Ack AuthFailed (02000000) and then the connection closes.
     func testServerReplaysScenario02WrongToken() throws {
         let (_, control, _) = try startOurServer(token: "right_token")

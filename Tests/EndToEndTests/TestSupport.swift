@@ -296,11 +296,6 @@ final class Conn: @unchecked Sendable {
         }
     }
 
-    /// True if nothing arrives within `timeout` and the connection is still open.
-    func staysSilent(for timeout: Double) -> ReadResult {
-        readSome(timeout: timeout)
-    }
-
     func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
     func close() {
@@ -341,6 +336,67 @@ final class SpawnGuard: @unchecked Sendable {
 }
 
 let spawnGuard = SpawnGuard()
+
+/// Starts a program with stdin from /dev/null, stdout and stderr into `output`, default signal
+/// handling, and no other fd of this process: a socket another test left open must not live on
+/// in a child (the UDP tests count a child's sockets). `posix_spawn_file_actions_addclosefrom_np`
+/// is not imported into Swift, so every fd above 2 is marked close-on-exec first.
+func spawnChild(
+    _ argv: [String], output: String, truncate: Bool = true, environment: [String: String]? = nil,
+    ownProcessGroup: Bool = false
+) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND | (truncate ? O_TRUNC : 0), 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var noSignals = sigset_t()
+    sigemptyset(&noSignals)
+    posix_spawnattr_setsigmask(&attr, &noSignals)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for s in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD] { sigaddset(&defaults, s) }
+    posix_spawnattr_setsigdefault(&attr, &defaults)
+    var flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
+    if ownProcessGroup {
+        posix_spawnattr_setpgroup(&attr, 0)
+        flags |= POSIX_SPAWN_SETPGROUP
+    }
+    posix_spawnattr_setflags(&attr, Int16(flags))
+
+    let cargv: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+    defer { cargv.forEach { free($0) } }
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment ?? [:] { env[k] = v }
+    let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { envp.forEach { free($0) } }
+
+    var child: pid_t = 0
+    let rc = spawnGuard.exclusive { () -> Int32 in
+        markOpenFilesCloseOnExec()
+        return posix_spawnp(&child, argv[0], &actions, &attr, cargv, envp)
+    }
+    guard rc == 0 else { throw E2EError("cannot start \(argv[0]): \(String(cString: strerror(rc)))") }
+    return child
+}
+
+private func markOpenFilesCloseOnExec() {
+    guard let dir = opendir("/proc/self/fd") else { return }
+    defer { closedir(dir) }
+    let own = dirfd(dir)
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if let fd = Int32(name), fd > 2, fd != own {
+            let flags = fcntl(fd, F_GETFD)
+            if flags >= 0 && flags & FD_CLOEXEC == 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+        }
+    }
+}
 
 /// A listening socket on 127.0.0.1 (port 0 = kernel's choice).
 final class Listener: @unchecked Sendable {
@@ -577,40 +633,11 @@ final class RatholeProcess: @unchecked Sendable {
         logPaths.append(path)
         exitResult = nil
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 2, 1)
-
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attr, &noSignals)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
         let binary = E2EPaths.binary
         guard access(binary, X_OK) == 0 else {
             throw E2EError("rathole binary not found at \(binary) (build it, or set RATHOLE_BIN)")
         }
-        let argv: [UnsafeMutablePointer<CChar>?] = ([binary] + arguments + [configPath]).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { envp.forEach { free($0) } }
-
-        var child: pid_t = 0
-        let rc = spawnGuard.exclusive { posix_spawn(&child, binary, &actions, &attr, argv, envp) }
-        guard rc == 0 else { throw E2EError("posix_spawn \(binary): \(String(cString: strerror(rc)))") }
-        pid = child
+        pid = try spawnChild([binary] + arguments + [configPath], output: path, environment: environment)
     }
 
     /// Reaps the process if it has exited.

@@ -66,6 +66,9 @@ void rr_ring_destroy(rr_ring *ring);
 
 // An SQE to fill; submits pending SQEs first when the submission queue is full. Never NULL.
 struct io_uring_sqe *rr_ring_sqe(rr_ring *ring);
+// Makes room for n SQEs in a row, so that a linked chain is never split across two submissions
+// (a link timeout submitted apart from its operation is refused, and the operation never times out).
+void rr_ring_reserve(rr_ring *ring, unsigned n);
 // Submits, then waits for at least one completion: not at all (wait_ns == 0), up to wait_ns
 // nanoseconds, or without limit (wait_ns < 0). Never waits when completions are already pending.
 int rr_ring_submit(rr_ring *ring, int64_t wait_ns);
