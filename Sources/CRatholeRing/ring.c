@@ -7,6 +7,7 @@
 #include <string.h>
 #include <stddef.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 
 // ---------------------------------------------------------------------------------------------
 // Pipe pool
@@ -467,4 +468,8 @@ int rr_recvmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags) {
 
 int rr_sendmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags) {
     return sendmmsg(fd, (struct mmsghdr *)messages, count, flags);
+}
+
+void rr_set_thread_name(const char *name) {
+    prctl(PR_SET_NAME, name, 0, 0, 0);
 }

@@ -154,6 +154,7 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
 
     private func threadMain(_ startup: StartupBox) {
         rr_set_current_executor(Unmanaged.passUnretained(self).toOpaque())
+        rr_set_thread_name("rathole-ring-\(index)")
         var err: Int32 = 0
         ring = rr_ring_create(startup.entries, startup.maxLentPipes, &err)
         guard ring != nil else {

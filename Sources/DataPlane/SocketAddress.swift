@@ -85,7 +85,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
             let src = raw.baseAddress! + (isIPv6 ? 8 : 4)
             _ = inet_ntop(family, src, &buf, socklen_t(buf.count))
         }
-        return String(cString: buf)
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     public var description: String { isIPv6 ? "[\(ipString)]:\(port)" : "\(ipString):\(port)" }

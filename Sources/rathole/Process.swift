@@ -5,6 +5,20 @@ import Logging
 
 /// The process around one Instance: signals in, exit code out.
 enum Process {
+    /// `RATHOLE_THREADS`: how many io_uring workers to run (default: one per core). A router or NAS
+    /// may want fewer than it has cores.
+    static func workerCount() throws(InvalidWorkerCount) -> Int? {
+        guard let raw = getenv("RATHOLE_THREADS") else { return nil }
+        let text = String(cString: raw)
+        guard let n = Int(text), (1...1024).contains(n) else { throw InvalidWorkerCount(text: text) }
+        return n
+    }
+
+    struct InvalidWorkerCount: Error, CustomStringConvertible {
+        let text: String
+        var description: String { "RATHOLE_THREADS=\(text): expected a number of worker threads from 1 to 1024" }
+    }
+
     /// Returns the exit code: 0 after a graceful stop, 1 when the config or start-up fails.
     static func run(configPath: String, forced: Mode?) -> Int32 {
         // Signals are taken by sigwait below; block them before any thread exists so none inherits them.
@@ -16,7 +30,10 @@ enum Process {
 
         let group: RingGroup
         do {
-            group = try RingGroup()
+            group = try RingGroup(threads: try workerCount())
+        } catch let error as InvalidWorkerCount {
+            writeStderr("error: \(error)\n")
+            return 1
         } catch {
             writeStderr("error: cannot start the io_uring workers: \(error)\n")
             return 1

@@ -867,13 +867,15 @@ class E2ETestCase: XCTestCase {
     /// Starts a server and a client for one service `name` backed by `local`, and waits until the
     /// server listens and the client's control channel is up.
     func startTunnel(name: String = "svc", local: LocalService, serverHeartbeat: Int? = nil,
-                     clientHeartbeatTimeout: Int? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> Tunnel {
+                     clientHeartbeatTimeout: Int? = nil, environment: [String: String] = [:],
+                     file: StaticString = #filePath, line: UInt = #line) throws -> Tunnel {
         let controlPort = Ports.free()
         let publicPort = Ports.free()
         let server = rathole("server", config: serverConfig(controlPort: controlPort, services: [(name, publicPort)],
                                                             heartbeatInterval: serverHeartbeat))
         let client = rathole("client", config: clientConfig(controlPort: controlPort, services: [(name, local.port)],
                                                             heartbeatTimeout: clientHeartbeatTimeout))
+        for p in [server, client] { p.environment.merge(environment) { $1 } }
         try server.start()
         try waitServerReady(server, service: name)
         try client.start()

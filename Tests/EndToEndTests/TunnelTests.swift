@@ -348,6 +348,31 @@ final class TunnelTests: E2ETestCase {
         XCTAssertThrowsError(try Conn.connect(port: p1), "a server with a bad config must not listen")
     }
 
+    /// RATHOLE_THREADS sets how many io_uring workers (threads named rathole-ring-N) run; a value
+    /// that is not a sensible count is refused naming the variable.
+    func testWorkerThreadsFromEnvironment() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo, environment: ["RATHOLE_THREADS": "3"])
+        for i in 0..<8 { try echoOnce(port: t.publicPort, payload: Array("three workers \(i)".utf8)) }
+        XCTAssertEqual(ringThreads(of: t.server.pid), ["rathole-ring-0", "rathole-ring-1", "rathole-ring-2"])
+        XCTAssertEqual(ringThreads(of: t.client.pid), ["rathole-ring-0", "rathole-ring-1", "rathole-ring-2"])
+
+        for bad in ["0", "many", "-2", "100000"] {
+            let p = rathole("threads-\(bad)", config: serverConfig(controlPort: Ports.free(), services: [("svc", Ports.free())]))
+            p.environment["RATHOLE_THREADS"] = bad
+            try p.start()
+            XCTAssertEqual(p.waitForExit(timeout: 10), .exited(1), "RATHOLE_THREADS=\(bad)")
+            XCTAssertTrue(p.log.contains("RATHOLE_THREADS=\(bad)"), "the error names the variable: \(p.log)")
+        }
+    }
+
+    private func ringThreads(of pid: pid_t) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return names.compactMap { tid in
+            FeatureSupport.readWhole("/proc/\(pid)/task/\(tid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
+        }.filter { $0.hasPrefix("rathole-ring-") }.sorted()
+    }
+
     func testSigtermExitsZero() throws {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)

@@ -101,4 +101,7 @@ typedef struct rr_mmsghdr {
 int rr_recvmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags);
 int rr_sendmmsg(int fd, rr_mmsghdr *messages, unsigned int count, int flags);
 
+// Names the calling thread (at most 15 bytes are kept), for top -H and /proc/PID/task/*/comm.
+void rr_set_thread_name(const char *name);
+
 #endif
