@@ -360,7 +360,7 @@ iperf_tcp() {
 # iperf_udp SYS MBIT
 iperf_udp() {
     local sys=$1 rate=$2 out="$WORK/$1-udp$2.json"
-    if timeout $((D_UDP + 15)) iperf3 -c 127.0.0.1 -p "$E_UDP" -u -b "${rate}M" -l 1400 -t "$D_UDP" \
+    if timeout $((D_UDP + 15)) iperf3 -c 127.0.0.1 -p "$E_UDP" -u -b "${rate}M" -l 1400 -w 4M -t "$D_UDP" \
             --connect-timeout 5000 -J >"$out" 2>>"$WORK/iperf3-client.err" \
             && json_get "$out" "d['end']['sum_received']['bits_per_second']" >/dev/null; then
         put "$sys" "udp${rate}_mbps" "$(json_get "$out" "'%.0f' % (d['end']['sum_received']['bits_per_second']/1e6)")"

@@ -67,10 +67,10 @@ struct NoiseTransport: Transport {
 /// waiting to be sent, in buffers that are released when empty.
 final class NoiseSecureSession: SecureSession {
     let noise: NoiseSession
-    private var input = ByteBuffer()
-    private var output = ByteBuffer()
+    private let input = ByteBuffer()
+    private let output = ByteBuffer()
     /// Plaintext decrypted for a reader whose buffer was smaller than a frame.
-    private var plain = ByteBuffer()
+    private let plain = ByteBuffer()
     private var ended = false
 
     init(_ noise: NoiseSession) { self.noise = noise }
@@ -145,62 +145,4 @@ final class NoiseSecureSession: SecureSession {
     var pendingOutput: UnsafeRawBufferPointer { output.readable }
     func consumeOutput(_ count: Int) { output.consume(count) }
     func finishWriting() {}
-}
-
-/// A growable byte buffer: append at the end, consume from the front; memory is released once empty.
-struct ByteBuffer {
-    private var storage: UnsafeMutableRawBufferPointer?
-    private var start = 0
-    private var end = 0
-
-    var isEmpty: Bool { start == end }
-    var readable: UnsafeRawBufferPointer {
-        guard let storage else { return UnsafeRawBufferPointer(start: nil, count: 0) }
-        return UnsafeRawBufferPointer(rebasing: storage[start..<end])
-    }
-
-    /// Space for at least `count` more bytes at the end.
-    mutating func reserve(_ count: Int) -> UnsafeMutableRawBufferPointer {
-        if let s = storage, s.count - end >= count {
-            return UnsafeMutableRawBufferPointer(rebasing: s[end...])
-        }
-        let live = end - start
-        let capacity = max(live + count, 2 * live)
-        let fresh = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
-        if let s = storage {
-            if live > 0 { fresh.copyMemory(from: UnsafeRawBufferPointer(rebasing: s[start..<end])) }
-            s.deallocate()
-        }
-        storage = fresh
-        start = 0
-        end = live
-        return UnsafeMutableRawBufferPointer(rebasing: fresh[end...])
-    }
-
-    mutating func commit(_ count: Int) { end += count }
-
-    mutating func append(_ bytes: [UInt8]) {
-        let space = reserve(bytes.count)
-        space.copyBytes(from: bytes)
-        commit(bytes.count)
-    }
-
-    mutating func consume(_ count: Int) {
-        start += count
-        if start == end { release() }
-    }
-
-    /// Lets `body` consume a prefix of the readable bytes: it returns (consumed, result).
-    mutating func withReadable<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> (Int, R)) throws(E) -> R {
-        let (consumed, result) = try body(readable)
-        consume(consumed)
-        return result
-    }
-
-    private mutating func release() {
-        storage?.deallocate()
-        storage = nil
-        start = 0
-        end = 0
-    }
 }

@@ -40,7 +40,7 @@ final class DatagramChannel: @unchecked Sendable {
 
     /// Writes queued bytes until the channel fails or is closed.
     func runWriter() async {
-        var sending = ByteBuffer()
+        var sending = ByteBuffer()   // swapped with `queued`: each fills while the other is written
         while alive {
             if queued.isEmpty {
                 do { _ = try await wake.wait(timeout: nil) } catch { break }
@@ -52,7 +52,7 @@ final class DatagramChannel: @unchecked Sendable {
             } catch {
                 break
             }
-            sending.consume(sending.readable.count)
+            sending.consume(sending.readable.count, keepingCapacity: true)
         }
         close()
     }
@@ -61,7 +61,7 @@ final class DatagramChannel: @unchecked Sendable {
     /// The payloads stay valid until `endOfBatch` runs, after the frames of each read.
     /// A malformed frame ends this channel only.
     func runReader(_ deliver: (UdpHeader, UnsafeRawBufferPointer) -> Void, endOfBatch: () -> Void) async -> String {
-        var input = ByteBuffer()
+        let input = ByteBuffer()
         defer { close() }
         while alive {
             let space = input.reserve(UdpHeader.maxFrameSize)
@@ -84,7 +84,7 @@ final class DatagramChannel: @unchecked Sendable {
                 return "\(Self.malformed) \(error)"
             }
             endOfBatch()
-            input.consume(parsed)
+            input.consume(parsed, keepingCapacity: true)
         }
         return "closed"
     }

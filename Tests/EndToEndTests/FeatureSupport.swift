@@ -245,8 +245,10 @@ enum FeatureSupport {
     }
 
     /// `count` connections at once through `port` to an echo service, each with its own bytes,
-    /// written and read back in turns; returns the failures.
-    static func concurrentEchoes(port: UInt16, count: Int, bytesEach: Int = 48 << 10, timeout: Double = 90) -> [String] {
+    /// written and read back in turns, then half-closing and waiting for the EOF (or with
+    /// `resetting`, closing with a reset); returns the failures.
+    static func concurrentEchoes(port: UInt16, count: Int, bytesEach: Int = 48 << 10, resetting: Bool = false,
+                                 timeout: Double = 90) -> [String] {
         let failures = Locked<[String]>([])
         let finished = runConcurrently(count, timeout: timeout) { i in
             do {
@@ -260,6 +262,10 @@ enum FeatureSupport {
                     let back = try c.readExact(chunk.count, timeout: 30)
                     if back != chunk { throw E2EError("wrong bytes at offset \(offset)") }
                     offset += chunk.count
+                }
+                if resetting {
+                    c.reset()
+                    return
                 }
                 c.shutdownWrite()
                 if c.readSome(timeout: 30) != .eof { throw E2EError("no EOF after half-close") }

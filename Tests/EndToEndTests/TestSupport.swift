@@ -298,6 +298,13 @@ final class Conn: @unchecked Sendable {
 
     func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
+    /// Closes with a reset (RST) instead of a FIN.
+    func reset() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close()
+    }
+
     func close() {
         let first = lock.withLock { () -> Bool in
             if isClosed { return false }
@@ -744,9 +751,14 @@ final class RatholeProcess: @unchecked Sendable {
     }
 
     /// Resident set size in KiB, from /proc/<pid>/status.
-    var rssKiB: Int? {
+    var rssKiB: Int? { statusKiB("VmRSS") }
+    /// Data and heap the process has claimed, resident or not, in KiB: what a leak of untouched
+    /// buffers grows.
+    var dataKiB: Int? { statusKiB("VmData") }
+
+    private func statusKiB(_ field: String) -> Int? {
         guard isRunning, let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
             return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
         }
         return nil

@@ -218,8 +218,11 @@ def render(tsv, out_md, chart_dir):
         data, present)
 
     L += table(
-        "UDP (iperf3 -u, 1400-byte datagrams, %s s per run)" % meta.get("d_udp", "?"),
-        "Delivered = rate received by the iperf3 server; loss as reported by iperf3.",
+        "UDP (iperf3 -u, 1400-byte datagrams, 4 MiB socket buffers, %s s per run)" % meta.get("d_udp", "?"),
+        "Delivered = rate received by the iperf3 server; loss as reported by iperf3. `-w 4M` gives the "
+        "iperf3 sockets 4 MiB buffers (the sysctl maximum here): with the default 208 KiB, the "
+        "receiving iperf3 drops whatever arrives while it waits for a core, which on 2 shared cores "
+        "measures the scheduler rather than the path.",
         [("500 Mbit/s offered: delivered Mbit/s", "udp500_mbps", "%.0f", None),
          ("loss %", "udp500_loss", "%.2f", None),
          ("2 Gbit/s offered: delivered Mbit/s", "udp2000_mbps", "%.0f", None),
