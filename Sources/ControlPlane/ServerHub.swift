@@ -16,8 +16,6 @@ actor ServerHub {
     /// Visitors that may wait for a data channel, per service, and for how long.
     static let maxWaitingVisitors = 1024
     static let visitorPatience: Duration = .seconds(10)
-    /// Idle data channels kept per service beyond what was asked for (a misbehaving client).
-    static let maxPooledChannels = 1024
 
     init(ring: RingExecutor, heartbeatInterval: UInt64, logger: Logger) {
         self.ring = ring
@@ -62,8 +60,7 @@ actor ServerHub {
         entry.session = session
         sessions[session.key] = (entry, session)
         session.event = RingEvent(ring: ring)
-        let poolSize = entry.config.type == .tcp ? 8 : 2
-        session.pendingCreates = poolSize + entry.waiters.count
+        session.pendingCreates = entry.poolSize + entry.waiters.count
 
         Task(executorPreference: ring) {
             let reason = await Self.waitUntilClosed(session.stream)
@@ -141,7 +138,7 @@ actor ServerHub {
         }
         if let waiter = entry.waiters.popFirst() {
             waiter.continuation.resume(returning: stream)
-        } else if entry.pool.count < Self.maxPooledChannels {
+        } else if entry.pool.count < 2 * entry.poolSize {
             entry.pool.append(PooledChannel(stream: stream, sessionKey: sessionKey))
         } else {
             stream.close()
@@ -150,10 +147,12 @@ actor ServerHub {
     }
 
     /// A data channel for a new visitor: a pooled one, or the next to arrive within the visitor's
-    /// patience. Asks the client for one more channel either way (rathole: one per visitor).
+    /// patience. Asks the client for one more channel (rathole: one per visitor), unless the pool
+    /// is over its size: channels asked for by visitors who gave up (the client was frozen, say)
+    /// arrive late, and the pool shrinks back as new visitors use them up.
     func takeDataChannel(for entry: ServiceEntry) async -> ByteStream? {
         guard !entry.closed else { return nil }
-        if let session = entry.session {
+        if let session = entry.session, entry.pool.count <= entry.poolSize {
             session.pendingCreates += 1
             session.event?.signal()
         }
@@ -207,6 +206,10 @@ final class ServiceEntry: @unchecked Sendable {
     private let isClosed = Atomic<Bool>(false)
 
     init(config: ServerServiceConfig) { self.config = config }
+
+    /// Idle data channels asked for when the control channel starts. At most twice as many are
+    /// kept; more arrive only when visitors gave up on them, and are closed.
+    var poolSize: Int { config.type == .tcp ? 8 : 2 }
 
     var closed: Bool { isClosed.load(ordering: .acquiring) }
 

@@ -225,6 +225,39 @@ final class TunnelTests: E2ETestCase {
                       "client sockets: \(clientSockets ?? -1) before the freeze, \(t.client.socketCount ?? -1) after")
     }
 
+    /// SIGSTOP freezes the client while visitors keep arriving: the server stays up and closes the
+    /// visitors it cannot serve; after SIGCONT the client works off the backlog of requests and new
+    /// visitors are forwarded, and the channels opened for visitors long gone do not pile up.
+    func testFrozenClientRecoversAfterSIGCONT() throws {
+        let echo = keep(try LocalService.echo())
+        let t = try startTunnel(local: echo)
+        try echoOnce(port: t.publicPort, payload: Array("before the freeze".utf8))
+        let serverSockets = t.server.settled { t.server.socketCount }
+        t.client.signal(SIGSTOP)
+        // 60 visitors: the first few take pooled channels whose client end is frozen, the rest wait.
+        let stranded = try (0..<60).map { i -> Conn in
+            let c = try Conn.connect(port: t.publicPort)
+            try c.send(Array("stranded \(i)".utf8))
+            return c
+        }
+        sleepSeconds(12)   // past the 10 s a visitor may wait for a channel
+        XCTAssertTrue(t.server.isRunning)
+        let closed = stranded.filter { c in
+            switch c.readSome(timeout: 0.5) {
+            case .eof, .error: return true
+            case .data, .timeout: return false
+            }
+        }.count
+        XCTAssertGreaterThanOrEqual(closed, 40, "visitors waiting for a channel are closed after 10 s")
+        t.client.signal(SIGCONT)
+        stranded.forEach { $0.close() }
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works after SIGCONT")
+        for i in 0..<20 { try echoOnce(port: t.publicPort, payload: Array("after the freeze \(i)".utf8)) }
+        XCTAssertTrue(waitUntil(timeout: 15) { (t.server.socketCount ?? .max) <= (serverSockets ?? 0) + 8 },
+                      "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
+        XCTAssertTrue(t.server.isRunning && t.client.isRunning)
+    }
+
     // MARK: Half-close
 
     /// The visitor shuts down its writing side and keeps receiving what the service sends after
