@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Throughput of the tunnel per transport: iperf3 through a real rathole server and client (release
+# build) on loopback, with the transport set to tcp, noise (NK, XX, KK) and tls in turn, beside a
+# direct connection. Prints a markdown table: transport | streams | Gbit/s | CPU s per 10 GB (server
+# and client processes together).
+#
+# Usage: perf/transports.sh [--quick] [--duration S] [--no-build] [--scratch-path DIR] [--only LIST]
+#   --quick            3 s per iperf3 run instead of 10 s
+#   --duration S       seconds per iperf3 run (default 10)
+#   --no-build         do not run `swift build`; use the existing binary
+#   --scratch-path DIR build directory of the Swift package (default .build); the binary is
+#                      DIR/release/rathole
+#   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-xx,noise-kk,tls
+# Environment: RATHOLE_BIN=/path/to/rathole overrides the binary (implies --no-build).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../bench/lib/common.sh
+source "$ROOT/bench/lib/common.sh"
+
+DURATION=10
+BUILD=1
+SCRATCH="$ROOT/.build"
+ONLY="direct,tcp,noise-nk,noise-xx,noise-kk,tls"
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) DURATION=3 ;;
+        --duration) DURATION=$2; shift ;;
+        --no-build) BUILD=0 ;;
+        --scratch-path) SCRATCH=$(cd "$2" 2>/dev/null && pwd || echo "$2"); shift ;;
+        --only) ONLY=$2; shift ;;
+        -h|--help) awk 'NR>1 && !/^#/{exit} NR>1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+WORK=$(mktemp -d /tmp/transports.XXXXXX)
+trap 'cleanup_all; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
+
+ensure_tool iperf3 iperf3
+ensure_tool openssl openssl
+
+BIN=${RATHOLE_BIN:-$SCRATCH/release/rathole}
+[ -n "${RATHOLE_BIN:-}" ] && BUILD=0
+if [ "$BUILD" = 1 ]; then
+    log "building rathole (swift build -c release --static-swift-stdlib --product rathole)"
+    (cd "$ROOT" && swift build -c release --static-swift-stdlib --product rathole --scratch-path "$SCRATCH" >&2) \
+        || die "swift build failed"
+fi
+[ -x "$BIN" ] || die "rathole not found at $BIN (build it, or pass --scratch-path / RATHOLE_BIN=)"
+
+read -r P_SRV P_CTL P_PUB <<<"$(free_ports 3)"
+start_bg "$WORK/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p "$P_SRV"
+wait_listen "$P_SRV" tcp 10 "$BG_PID" || die "iperf3 server did not start"
+
+# Keys and certificates for the encrypted transports. --genkey prints a pair: private key on line 2,
+# public key on line 5.
+pair() { "$BIN" --genkey | awk 'NR == 2 { priv = $0 } NR == 5 { pub = $0 } END { print priv, pub }'; }
+read -r S_PRIV S_PUB <<<"$(pair)"
+read -r C_PRIV C_PUB <<<"$(pair)"
+P12_PASS=bench
+sh "$ROOT/Tests/ControlPlaneTests/Fixtures/make-test-certs.sh" "$WORK/certs" "$P12_PASS" >"$WORK/certs.log" 2>&1 \
+    || die "make-test-certs.sh failed: $(tail -n 3 "$WORK/certs.log")"
+
+# transport_tables KIND SIDE: the [SIDE.transport] tables of a transport.
+transport_tables() {
+    local kind=$1 side=$2
+    case $kind in
+        tcp) ;;
+        noise-nk)
+            printf '[%s.transport]\ntype = "noise"\n[%s.transport.noise]\n' "$side" "$side"
+            if [ "$side" = server ]; then echo "local_private_key = \"$S_PRIV\""; else echo "remote_public_key = \"$S_PUB\""; fi ;;
+        noise-xx)
+            printf '[%s.transport]\ntype = "noise"\n[%s.transport.noise]\npattern = "Noise_XX_25519_ChaChaPoly_BLAKE2s"\n' "$side" "$side" ;;
+        noise-kk)
+            printf '[%s.transport]\ntype = "noise"\n[%s.transport.noise]\npattern = "Noise_KK_25519_ChaChaPoly_BLAKE2s"\n' "$side" "$side"
+            if [ "$side" = server ]; then
+                printf 'local_private_key = "%s"\nremote_public_key = "%s"\n' "$S_PRIV" "$C_PUB"
+            else
+                printf 'local_private_key = "%s"\nremote_public_key = "%s"\n' "$C_PRIV" "$S_PUB"
+            fi ;;
+        tls)
+            if [ "$side" = server ]; then
+                printf '[server.transport]\ntype = "tls"\n[server.transport.tls]\npkcs12 = "%s"\npkcs12_password = "%s"\n' \
+                    "$WORK/certs/server.p12" "$P12_PASS"
+            else
+                printf '[client.transport]\ntype = "tls"\n[client.transport.tls]\ntrusted_root = "%s"\nhostname = "localhost"\n' \
+                    "$WORK/certs/ca.pem"
+            fi ;;
+    esac
+}
+
+ROWS=()
+# measure LABEL STREAMS PORT [PID...]: one iperf3 run; appends a table row.
+measure() {
+    local label=$1 streams=$2 port=$3; shift 3
+    local out="$WORK/iperf.json" t0 t1 gbps bytes cpu="-"
+    t0=$(cpu_ticks "$@")
+    if ! timeout $((DURATION + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -P "$streams" -J >"$out" 2>/dev/null; then
+        log "$label, $streams stream(s): iperf3 failed: $(json_get "$out" "d.get('error','')" || true)"
+        ROWS+=("| $label | $streams | failed | - |")
+        return 0
+    fi
+    t1=$(cpu_ticks "$@")
+    gbps=$(json_get "$out" "'%.2f' % (d['end']['sum_received']['bits_per_second']/1e9)")
+    bytes=$(json_get "$out" "d['end']['sum_received']['bytes']")
+    [ $# -gt 0 ] && cpu=$(cpu_per_10gb $((t1 - t0)) "$bytes")
+    log "$label, $streams stream(s): $gbps Gbit/s, $cpu CPU s per 10 GB"
+    ROWS+=("| $label | $streams | $gbps | $cpu |")
+}
+
+if want direct; then
+    measure "direct (no tunnel)" 1 "$P_SRV"
+    measure "direct (no tunnel)" 8 "$P_SRV"
+fi
+
+for kind in tcp noise-nk noise-xx noise-kk tls; do
+    want "$kind" || continue
+    {
+        printf '[server]\nbind_addr = "127.0.0.1:%s"\n' "$P_CTL"
+        transport_tables "$kind" server
+        printf '[server.services.iperf]\ntoken = "perf"\nbind_addr = "127.0.0.1:%s"\n' "$P_PUB"
+    } >"$WORK/server.toml"
+    {
+        printf '[client]\nremote_addr = "127.0.0.1:%s"\n' "$P_CTL"
+        transport_tables "$kind" client
+        printf '[client.services.iperf]\ntoken = "perf"\nlocal_addr = "127.0.0.1:%s"\n' "$P_SRV"
+    } >"$WORK/client.toml"
+    RUST_LOG=warn start_bg "$WORK/server-$kind.log" "$BIN" "$WORK/server.toml"; S=$BG_PID
+    RUST_LOG=warn start_bg "$WORK/client-$kind.log" "$BIN" "$WORK/client.toml"; C=$BG_PID
+    if wait_listen "$P_PUB" tcp 10 "$S" && sleep 1 && kill -0 "$C" 2>/dev/null; then
+        measure "$kind" 1 "$P_PUB" "$S" "$C"
+        measure "$kind" 8 "$P_PUB" "$S" "$C"
+    else
+        log "$kind: the tunnel did not start: $(tail -n 2 "$WORK/server-$kind.log" "$WORK/client-$kind.log")"
+        ROWS+=("| $kind | - | failed to start | - |")
+    fi
+    stop_pids "$S" "$C"
+    wait_port_free "$P_PUB" 5; wait_port_free "$P_CTL" 5
+done
+
+echo
+echo "iperf3 through the tunnel, ${DURATION} s per run, $(nproc) cores, $(uname -r)"
+echo
+echo "| transport | streams | Gbit/s | CPU s / 10 GB (server + client) |"
+echo "|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
