@@ -120,19 +120,7 @@ public final class Server: Sendable {
         guard listener >= 0 else { return }
         entry.addListener(listener)
         if ring.index == 0 { logger.info("service \(service.name): listening at \(bind)") }
-        while true {
-            let visitor: Int32
-            do {
-                visitor = try await ring.accept(listener)
-            } catch .system(let e, _) where e == .tooManyOpenFiles || e.rawValue == ENFILE {
-                logger.warning("service \(service.name): out of file descriptors, pausing accepts for 100ms")
-                try? await ring.sleep(for: .milliseconds(100))
-                continue
-            } catch .system(let e, _) where e.rawValue == ECONNABORTED || e.rawValue == EINTR {
-                continue
-            } catch {
-                break
-            }
+        while let visitor = await acceptNext(listener, ring: ring, name: "service \(service.name)") {
             if entry.closed {
                 Socket.close(visitor)
                 break
@@ -175,22 +163,27 @@ public final class Server: Sendable {
         Socket.close(visitor)
     }
 
-    // MARK: Control port
-
-    private func acceptChannels(listener: Int32, ring: RingExecutor) async {
+    /// The next connection on `listener`; nil once the listener is closed. Out of fds, accepting
+    /// pauses for 100 ms (the listener stays readable, so retrying at once would spin).
+    private func acceptNext(_ listener: Int32, ring: RingExecutor, name: String) async -> Int32? {
         while true {
-            let fd: Int32
             do {
-                fd = try await ring.accept(listener)
+                return try await ring.accept(listener)
             } catch .system(let e, _) where e == .tooManyOpenFiles || e.rawValue == ENFILE {
-                logger.warning("control port: out of file descriptors, pausing accepts for 100ms")
+                logger.warning("\(name): out of file descriptors, pausing accepts for 100ms")
                 try? await ring.sleep(for: .milliseconds(100))
-                continue
             } catch .system(let e, _) where e.rawValue == ECONNABORTED || e.rawValue == EINTR {
                 continue
             } catch {
-                return
+                return nil
             }
+        }
+    }
+
+    // MARK: Control port
+
+    private func acceptChannels(listener: Int32, ring: RingExecutor) async {
+        while let fd = await acceptNext(listener, ring: ring, name: "control port") {
             guard pendingHandshakes.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxPendingHandshakes else {
                 pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
                 Socket.close(fd)
