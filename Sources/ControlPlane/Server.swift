@@ -140,7 +140,8 @@ public final class Server: Sendable {
         if debug { logger.debug("service \(service.name): new visitor \(peer())") }
         // A channel can die in the pool (client gone); try the next one a few times.
         for _ in 0..<4 {
-            guard let channel = await hub.takeDataChannel(for: entry) else {
+            guard let channel = await entry.channels.take(patience: ServerHub.visitorPatience,
+                                                          maxWaiting: ServerHub.maxWaitingVisitors) else {
                 logger.info("service \(service.name): no data channel for visitor \(peer()) in time; closing it")
                 Socket.close(visitor)
                 return
@@ -225,7 +226,7 @@ public final class Server: Sendable {
         case .control(let entry, let session):
             await hub.runControlChannel(session, of: entry)
         case .data(let stream, let key):
-            if await !hub.addDataChannel(stream, sessionKey: key) {
+            if !hub.addDataChannel(stream, sessionKey: key) {
                 logger.warning("data channel from \(peer) has an unknown session key; closed")
                 stream.close()
             }

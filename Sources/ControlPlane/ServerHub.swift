@@ -11,7 +11,9 @@ actor ServerHub {
     private let heartbeatInterval: UInt64
     private let logger: Logger
     private var services: [Digest: ServiceEntry] = [:]
-    private var sessions: [Digest: (entry: ServiceEntry, session: ControlSession)] = [:]
+    /// Live control channels by session key. Locked rather than hub-isolated: data channels are
+    /// filed by the worker that accepted them.
+    private nonisolated let sessions = Mutex<[Digest: (entry: ServiceEntry, session: ControlSession)]>([:])
 
     /// Visitors that may wait for a data channel, per service, and for how long.
     static let maxWaitingVisitors = 1024
@@ -34,7 +36,7 @@ actor ServerHub {
         entry.close()
         entry.udp?.stop()
         if let session = entry.session { endSession(session, of: entry, reason: "service removed") }
-        while let waiter = entry.waiters.popFirst() { waiter.continuation.resume(returning: nil) }
+        entry.channels.close()
     }
 
     func service(_ digest: Digest) -> ServiceEntry? { services[digest] }
@@ -58,9 +60,10 @@ actor ServerHub {
             endSession(old, of: entry, reason: "replaced by a newer client")
         }
         entry.session = session
-        sessions[session.key] = (entry, session)
+        sessions.withLock { $0[session.key] = (entry, session) }
         session.event = RingEvent(ring: ring)
-        session.pendingCreates = entry.poolSize + entry.waiters.count
+        session.requestChannels(entry.channels.size + entry.channels.waitingCount)
+        entry.channels.attach(session)
 
         Task(executorPreference: ring) {
             let reason = await Self.waitUntilClosed(session.stream)
@@ -71,9 +74,8 @@ actor ServerHub {
         var lastSent = ContinuousClock.now
         while session.alive {
             do throws(ControlError) {
-                if session.pendingCreates > 0 {
-                    let count = session.pendingCreates
-                    session.pendingCreates = 0
+                let count = session.takeRequests()
+                if count > 0 {
                     try await session.stream.writeMessages(Array(repeating: ControlChannelCmd.createDataChannel, count: count))
                     lastSent = .now
                     continue
@@ -116,63 +118,27 @@ actor ServerHub {
         // own reference to the socket, so a plain close would neither send a FIN nor end that recv.
         Socket.shutdownBoth(session.stream.fd)
         session.stream.close()
-        sessions[session.key] = nil
+        sessions.withLock { $0[session.key] = nil }
         if entry.session === session { entry.session = nil }
         entry.udp?.closeChannels(of: session.key)
-        entry.pool.removeAll { channel in
-            guard channel.sessionKey == session.key else { return false }
-            channel.stream.close()
-            return true
-        }
+        entry.channels.detach(session)
         logger.info("service \(entry.config.name): control channel from \(session.peer) ended: \(reason)")
     }
 
     // MARK: Data channels
 
     /// Files a new data channel under its session; false when the session key is unknown.
-    func addDataChannel(_ stream: ByteStream, sessionKey: Digest) -> Bool {
-        guard let (entry, session) = sessions[sessionKey], session.alive else { return false }
-        if let udp = entry.udp {
-            udp.adopt(stream, sessionKey: sessionKey)
-            return true
-        }
-        if let waiter = entry.waiters.popFirst() {
-            waiter.continuation.resume(returning: stream)
-        } else if entry.pool.count < 2 * entry.poolSize {
-            entry.pool.append(PooledChannel(stream: stream, sessionKey: sessionKey))
-        } else {
-            stream.close()
-        }
-        return true
-    }
-
-    /// A data channel for a new visitor: a pooled one, or the next to arrive within the visitor's
-    /// patience. Asks the client for one more channel (rathole: one per visitor), unless the pool
-    /// is over its size: channels asked for by visitors who gave up (the client was frozen, say)
-    /// arrive late, and the pool shrinks back as new visitors use them up.
-    func takeDataChannel(for entry: ServiceEntry) async -> ByteStream? {
-        guard !entry.closed else { return nil }
-        if let session = entry.session, entry.pool.count <= entry.poolSize {
-            session.pendingCreates += 1
-            session.event?.signal()
-        }
-        while let channel = entry.pool.popFirst() {
-            if Socket.isAlive(channel.stream.fd) { return channel.stream }
-            channel.stream.close()
-        }
-        guard entry.waiters.count < Self.maxWaitingVisitors else { return nil }
-        return await withCheckedContinuation { continuation in
-            // Entering withCheckedContinuation can suspend (observed: the hub ran addDataChannel
-            // between the pool check above and this closure), so look at the pool again: a channel
-            // filed in between must not sit idle while this visitor waits for the next one.
-            while let channel = entry.pool.popFirst() {
-                if Socket.isAlive(channel.stream.fd) {
-                    continuation.resume(returning: channel.stream)
-                    return
-                }
-                channel.stream.close()
+    /// Any thread. Filed under the lock, so a session that ends meanwhile either never sees the
+    /// channel or closes it with the rest of its channels.
+    nonisolated func addDataChannel(_ stream: ByteStream, sessionKey: Digest) -> Bool {
+        sessions.withLock { live -> Bool in
+            guard let entry = live[sessionKey]?.entry else { return false }
+            if let udp = entry.udp {
+                udp.adopt(stream, sessionKey: sessionKey)
+            } else {
+                entry.channels.add(stream, sessionKey: sessionKey)
             }
-            entry.waiters.append(WaitingVisitor(continuation: continuation, deadline: .now + Self.visitorPatience))
+            return true
         }
     }
 
@@ -181,23 +147,17 @@ actor ServerHub {
         while true {
             do { try await ring.sleep(for: .seconds(1)) } catch { return }
             let now = ContinuousClock.now
-            for entry in services.values {
-                while let first = entry.waiters.first, first.deadline <= now {
-                    _ = entry.waiters.popFirst()
-                    first.continuation.resume(returning: nil)
-                }
-            }
+            for entry in services.values { entry.channels.expireWaiters(now: now) }
         }
     }
 }
 
 /// One configured service on the server. Its mutable state belongs to the hub's executor, except
-/// the listener list and the closed flag, which the accepting workers touch.
+/// what the workers touch: the channel pool, the listener list and the closed flag (each locked).
 final class ServiceEntry: @unchecked Sendable {
     let config: ServerServiceConfig
     var session: ControlSession?
-    var pool = FIFO<PooledChannel>()
-    var waiters = FIFO<WaitingVisitor>()
+    let channels: DataChannelPool
     /// The visitors being relayed, so that removing the service can end them after a grace period.
     let connections = ConnectionSet()
     /// Set for UDP services, before the entry is shared.
@@ -205,11 +165,10 @@ final class ServiceEntry: @unchecked Sendable {
     private let listeners = Mutex<[Int32]>([])
     private let isClosed = Atomic<Bool>(false)
 
-    init(config: ServerServiceConfig) { self.config = config }
-
-    /// Idle data channels asked for when the control channel starts. At most twice as many are
-    /// kept; more arrive only when visitors gave up on them, and are closed.
-    var poolSize: Int { config.type == .tcp ? 8 : 2 }
+    init(config: ServerServiceConfig) {
+        self.config = config
+        channels = DataChannelPool(size: config.type == .tcp ? 8 : 2)
+    }
 
     var closed: Bool { isClosed.load(ordering: .acquiring) }
 
@@ -243,30 +202,32 @@ final class ServiceEntry: @unchecked Sendable {
     }
 }
 
-struct PooledChannel {
-    let stream: ByteStream
-    let sessionKey: Digest
-}
-
-struct WaitingVisitor {
-    let continuation: CheckedContinuation<ByteStream?, Never>
-    let deadline: ContinuousClock.Instant
-}
-
 /// An authenticated control channel. State belongs to the hub's executor.
 final class ControlSession: @unchecked Sendable {
     let stream: ByteStream
     let key: Digest
     let peer: String
     var alive = true
-    var pendingCreates = 0
+    /// Wakes the writer of this control channel; set before the session is attached to a pool.
     var event: RingEvent?
+    /// CreateDataChannel messages asked for and not sent yet; any worker adds to it.
+    private let requests = Atomic<Int>(0)
 
     init(stream: ByteStream, key: Digest, peer: String) {
         self.stream = stream
         self.key = key
         self.peer = peer
     }
+
+    /// Asks the client for `count` more data channels.
+    func requestChannels(_ count: Int) {
+        guard count > 0 else { return }
+        // The writer takes every request after each wake, so one signal per batch suffices.
+        if requests.wrappingAdd(count, ordering: .acquiringAndReleasing).oldValue == 0 { event?.signal() }
+    }
+
+    /// The requests to send now.
+    func takeRequests() -> Int { requests.exchange(0, ordering: .acquiringAndReleasing) }
 }
 
 /// A first-in first-out queue that does not shift its elements on every removal.

@@ -1,9 +1,9 @@
 import CRatholeRing
 import Glibc
 
-/// A wake-up signal for one task on one ring, with an optional timeout: the task waits, another
-/// piece of code on the same ring signals. Signals that arrive while nobody waits are remembered.
-/// Ring thread only.
+/// A wake-up signal for one task on one ring, with an optional timeout: the task waits, other code
+/// signals (from any thread). Signals that arrive while nobody waits are remembered. Waits run on
+/// the ring thread.
 public final class RingEvent: @unchecked Sendable {
     public let ring: RingExecutor
     private var signaled = false
@@ -39,9 +39,13 @@ public final class RingEvent: @unchecked Sendable {
         }
     }
 
-    /// Wakes the waiting task (or the next one to wait).
+    /// Wakes the waiting task (or the next one to wait). From another thread it takes effect on the
+    /// ring, soon after.
     public func signal() {
-        precondition(ring.isCurrent)
+        guard ring.isCurrent else {
+            ring.execute { self.signal() }
+            return
+        }
         signaled = true
         if let sleeping {
             ring.submitCancel(of: sleeping)
