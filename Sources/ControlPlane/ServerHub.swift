@@ -229,31 +229,3 @@ final class ControlSession: @unchecked Sendable {
     /// The requests to send now.
     func takeRequests() -> Int { requests.exchange(0, ordering: .acquiringAndReleasing) }
 }
-
-/// A first-in first-out queue that does not shift its elements on every removal.
-struct FIFO<Element> {
-    private var items: [Element] = []
-    private var head = 0
-
-    var count: Int { items.count - head }
-    var isEmpty: Bool { count == 0 }
-    var first: Element? { head < items.count ? items[head] : nil }
-
-    mutating func append(_ item: Element) { items.append(item) }
-
-    mutating func popFirst() -> Element? {
-        guard head < items.count else { return nil }
-        let item = items[head]
-        head += 1
-        if head > 64 && head * 2 > items.count {
-            items.removeFirst(head)
-            head = 0
-        }
-        return item
-    }
-
-    mutating func removeAll(where shouldRemove: (Element) -> Bool) {
-        items = Array(items[head...]).filter { !shouldRemove($0) }
-        head = 0
-    }
-}
