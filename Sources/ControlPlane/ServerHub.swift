@@ -31,11 +31,11 @@ actor ServerHub {
 
     /// Stops a service: no new control channels, its session and pooled channels close, its
     /// waiting visitors are turned away. Listeners close on their own workers.
-    func unregister(_ entry: ServiceEntry) {
+    func unregister(_ entry: ServiceEntry, reason: String = "service removed") {
         if services[entry.config.digest] === entry { services[entry.config.digest] = nil }
         entry.close()
         entry.udp?.stop()
-        if let session = entry.session { endSession(session, of: entry, reason: "service removed") }
+        if let session = entry.session { endSession(session, of: entry, reason: reason) }
         entry.channels.close()
     }
 
@@ -44,7 +44,7 @@ actor ServerHub {
     func entry(named name: String) -> ServiceEntry? { services[Digest.service(named: name)] }
 
     func closeAll() {
-        for entry in services.values { unregister(entry) }
+        for entry in services.values { unregister(entry, reason: "the server is shutting down") }
     }
 
     // MARK: Control channels
