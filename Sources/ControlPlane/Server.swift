@@ -29,24 +29,30 @@ public final class Server: Sendable {
     }
 
     /// Binds the control port (failure is fatal: nothing would work) and starts every service.
+    /// Control channels are accepted once every service is registered, so that a client that
+    /// connects at once is not told its service does not exist.
     public func start() throws(StartError) {
         let bind = config.bindAddr.socketAddress
-        for ring in group.executors {
-            let fd: Int32
+        var fds: [Int32] = []
+        for _ in group.executors {
             do {
-                fd = try Socket.listen(bind)
+                fds.append(try Socket.listen(bind))
             } catch {
-                closeListeners()
+                fds.forEach(Socket.closeListener)
                 throw StartError("cannot listen on \(bind) (server.bind_addr): \(error)")
             }
-            listeners.withLock { $0.append(fd) }
-            spawn(on: ring) { await self.acceptChannels(listener: fd, ring: ring) }
         }
+        let controlListeners = fds
+        listeners.withLock { $0 = controlListeners }
         logger.info("Listening at \(bind)")
-        for service in config.services.values.sorted(by: { $0.name < $1.name }) {
-            addService(service)
+        let entries = config.services.values.sorted(by: { $0.name < $1.name }).map(startService)
+        spawn(on: hub.ring) {
+            for entry in entries { await self.hub.register(entry) }
+            for (ring, fd) in zip(self.group.executors, controlListeners) {
+                self.spawn(on: ring) { await self.acceptChannels(listener: fd, ring: ring) }
+            }
+            await self.hub.expireWaitingVisitors()
         }
-        spawn(on: hub.ring) { await self.hub.expireWaitingVisitors() }
     }
 
     /// Stops accepting, closes every control and pooled data channel. Relays already running end
@@ -85,7 +91,14 @@ public final class Server: Sendable {
         }
     }
 
+    /// Starts a service added while running (hot reload).
     func addService(_ service: ServerServiceConfig) {
+        let entry = startService(service)
+        spawn(on: hub.ring) { await self.hub.register(entry) }
+    }
+
+    /// Starts a service's listeners (or its UDP forwarder); the hub does not know it yet.
+    private func startService(_ service: ServerServiceConfig) -> ServiceEntry {
         let entry = ServiceEntry(config: service)
         switch service.type {
         case .tcp:
@@ -98,7 +111,7 @@ public final class Server: Sendable {
             entry.udp = forwarder
             spawn(on: ring) { await forwarder.run() }
         }
-        spawn(on: hub.ring) { await self.hub.register(entry) }
+        return entry
     }
 
     /// Binds the service's port on this worker (retrying while it is busy) and serves visitors.

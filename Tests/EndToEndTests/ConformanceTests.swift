@@ -193,6 +193,28 @@ final class ConformanceTests: E2ETestCase {
         }
     }
 
+    /// A client that connects the moment the control port opens is accepted: the server takes
+    /// control channels only once its services are registered (it once answered ServiceNotExist).
+    func testServerKnowsItsServicesAsSoonAsTheControlPortOpens() throws {
+        for round in 0..<50 {
+            let control = Ports.free()
+            let server = rathole("early-\(round)", config: serverConfig(controlPort: control, token: "early",
+                                                                       services: [("echo", Ports.free())]))
+            try server.start()
+            var conn: Conn?
+            let deadline = monoNow() + 10
+            while conn == nil && monoNow() < deadline {
+                conn = try? Conn.connect(port: control)
+                if conn == nil { usleep(200) }
+            }
+            let c = try XCTUnwrap(conn, "round \(round): the control port never opened")
+            try c.send(authDigest(token: "early", nonce: try sendHelloReadNonce(c)))
+            XCTAssertEqual(try c.readExact(4, timeout: 10), Recorded.ackOk, "round \(round)")
+            c.close()
+            server.killNow()
+        }
+    }
+
     /// Scenario 02: a wrong token gets Ack AuthFailed (02000000) and then the connection closes.
     func testServerReplaysScenario02WrongToken() throws {
         let (_, control, _) = try startOurServer(token: "right_token")
