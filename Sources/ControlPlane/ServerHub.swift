@@ -132,9 +132,9 @@ actor ServerHub {
     /// channel or closes it with the rest of its channels.
     nonisolated func addDataChannel(_ stream: ByteStream, sessionKey: Digest) -> Bool {
         sessions.withLock { live -> Bool in
-            guard let entry = live[sessionKey]?.entry else { return false }
+            guard let (entry, session) = live[sessionKey] else { return false }
             if let udp = entry.udp {
-                udp.adopt(stream, sessionKey: sessionKey)
+                udp.adopt(stream, of: session)
             } else {
                 entry.channels.add(stream, sessionKey: sessionKey)
             }

@@ -184,14 +184,17 @@ final class UDPServerForwarder: @unchecked Sendable {
         assigned = assigned.filter { $0.value.channel.alive && now - $0.value.lastSeen < Self.visitorIdle }
     }
 
-    /// Puts a new data channel to work: StartForwardUdp, then frames both ways.
-    func adopt(_ stream: ByteStream, sessionKey: Digest) {
+    /// Puts a new data channel to work: StartForwardUdp, then frames both ways. When it breaks while
+    /// the service runs, the client is asked for another (as upstream does), so a lost connection
+    /// does not cost the service its capacity until the control channel reconnects.
+    func adopt(_ stream: ByteStream, of session: ControlSession) {
         Task(executorPreference: ring) {
             guard !self.stopped else {
                 stream.close()
                 return
             }
-            let channel = DatagramChannel(stream: stream, ring: self.ring, sessionKey: sessionKey)
+            let started = ContinuousClock.now
+            let channel = DatagramChannel(stream: stream, ring: self.ring, sessionKey: session.key)
             channel.send(DataChannelCmd.startForwardUdp)
             self.channels.append(channel)
             Task(executorPreference: self.ring) { await channel.runWriter() }
@@ -205,8 +208,16 @@ final class UDPServerForwarder: @unchecked Sendable {
             self.channels.removeAll { $0 === channel }
             self.sweep(.now)
             DatagramChannel.logEnd(reason, service: self.service.name, logger: self.logger)
+            // A channel that breaks at once (a client that cannot serve it) is replaced after a
+            // pause, not in a tight loop. Requests to a session that has ended go nowhere.
+            if ContinuousClock.now - started < Self.replacementPause {
+                try? await self.ring.sleep(for: Self.replacementPause)
+            }
+            if !self.stopped { session.requestChannels(1) }
         }
     }
+
+    static let replacementPause: Duration = .seconds(1)
 
     /// Closes the channels of one control session (it ended or was replaced).
     func closeChannels(of sessionKey: Digest) {

@@ -235,6 +235,43 @@ final class UDPTests: FeatureTestCase {
     /// A hand-written client owns UDP service `fake`; the real client serves a UDP and a TCP
     /// service. Each malformed frame on the fake client's data channel closes that channel only,
     /// with a log line that says what was wrong.
+    /// A UDP data channel that breaks while its control channel lives is replaced: the server asks
+    /// the client for another (as upstream does), after a pause when it broke at once, and the new
+    /// channel carries the visitors' datagrams.
+    func testBrokenChannelIsReplaced() throws {
+        let control = Ports.free()
+        let port = try freeUDPPort()
+        let service = FeatureService("flaky", type: "udp", port: port, localPort: 9)
+        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [service]))
+        try server.start()
+        try waitServerReady(server, service: "flaky")
+        let (controlConn, ack, key) = try FeatureRawClient.handshake(port: control, service: "flaky", token: FeatureConfig.token)
+        defer { controlConn.close() }
+        XCTAssertEqual(ack, 0, "Ack Ok")
+        XCTAssertEqual(hexString(try controlConn.readExact(8, timeout: 5)), "0000000000000000", "two CreateDataChannel")
+        for round in 0..<3 {
+            let data = try FeatureRawClient.dataChannel(port: control, sessionKey: key)
+            XCTAssertEqual(hexString(try data.readExact(4, timeout: 5)), "01000000", "round \(round): StartForwardUdp")
+            data.close()
+            XCTAssertEqual(hexString(try controlConn.readExact(4, timeout: 5)), "00000000",
+                           "round \(round): a CreateDataChannel to replace the broken channel")
+        }
+        // The replacement works: a visitor's datagram arrives framed on it.
+        let data = try FeatureRawClient.dataChannel(port: control, sessionKey: key)
+        defer { data.close() }
+        XCTAssertEqual(hexString(try data.readExact(4, timeout: 5)), "01000000")
+        let visitor = try FeatureUDPSocket()
+        defer { visitor.close() }
+        let hello = Array("still served".utf8)
+        var frame: [UInt8] = []
+        let deadline = monoNow() + 10
+        while frame.isEmpty && monoNow() < deadline {
+            try visitor.send(hello, toPort: port)
+            if data.waitReadable(timeout: 0.5) { frame = try data.readExact(13 + hello.count, timeout: 5) }
+        }
+        XCTAssertEqual(hexString(frame), hexString(FeatureRawClient.ipv4Frame(port: visitor.port, payload: hello)))
+    }
+
     func testMalformedFramesCloseOnlyThatChannel() throws {
         let udpEcho = try FeatureUDPEcho()
         featureCleanup { udpEcho.stop() }
@@ -306,7 +343,13 @@ final class UDPTests: FeatureTestCase {
             XCTAssertNil(visitor.receive(timeout: 0.3), "\(c.what): the visitor got something from a malformed frame")
 
             // Everything else keeps working: the control channel, the real client's services.
-            XCTAssertEqual(controlConn.readSome(timeout: 0.05), .timeout, "\(c.what): the control channel must stay open")
+            switch controlConn.readSome(timeout: 0.05) {
+            case .timeout: break
+            case .data(let bytes):   // requests to replace the channels that broke
+                XCTAssertTrue(bytes.count % 4 == 0 && bytes.allSatisfy { $0 == 0 },
+                              "\(c.what): only CreateDataChannel on the control channel, got \(hexString(bytes))")
+            case .eof, .error: XCTFail("\(c.what): the control channel must stay open")
+            }
             realRound += 1
             let u = try FeatureUDPSocket()
             let up = Array("real udp \(realRound)".utf8)
