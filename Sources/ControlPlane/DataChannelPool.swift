@@ -23,20 +23,21 @@ final class DataChannelPool: Sendable {
 
     /// A channel for a new visitor: an idle one, else the next to arrive within `patience`; nil
     /// when the pool is closed, `maxWaiting` visitors already wait, or the time runs out. Asks the
-    /// client for one more channel (rathole: one per visitor) unless the pool is over its size, so
-    /// that it shrinks back after late arrivals.
+    /// client for one more channel (rathole: one per visitor) unless the pool is still at its size
+    /// without it, so that it shrinks back after late arrivals. Dead channels (the client closed
+    /// them) are dropped on the way.
     func take(patience: Duration, maxWaiting: Int) async -> ByteStream? {
-        let (first, session) = state.withLock { s -> (PooledChannel?, ControlSession?) in
-            let wantsMore = s.idle.count <= size
-            return (s.idle.popFirst(), wantsMore ? s.session : nil)
+        var found: ByteStream?
+        while found == nil, let channel = state.withLock({ $0.idle.popFirst() }) {
+            if Socket.isAlive(channel.stream.fd) {
+                found = channel.stream
+            } else {
+                channel.stream.close()
+            }
         }
+        let session = state.withLock { s in s.idle.count < size ? s.session : nil }
         session?.requestChannels(1)
-        var next = first
-        while let channel = next {
-            if Socket.isAlive(channel.stream.fd) { return channel.stream }
-            channel.stream.close()
-            next = state.withLock { $0.idle.popFirst() }
-        }
+        if let found { return found }
         let deadline = ContinuousClock.now + patience
         return await withCheckedContinuation { continuation in
             // Looked at again under the lock: a channel filed since the check above must not sit

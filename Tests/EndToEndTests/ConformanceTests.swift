@@ -193,6 +193,35 @@ final class ConformanceTests: E2ETestCase {
         }
     }
 
+    /// Idle channels the client closed are dropped when a visitor comes, and the client is asked
+    /// for a new one even when the pool looked full (16 idle, all of them dead).
+    func testDeadPooledChannelsAreReplacedForTheVisitor() throws {
+        let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
+        let c = try Conn.connect(port: control)
+        let key = authDigest(token: "wire_token_1", nonce: try sendHelloReadNonce(c))
+        try c.send(key)
+        XCTAssertEqual(try c.readExact(36, timeout: 10), [UInt8](repeating: 0, count: 36), "Ack Ok, 8 CreateDataChannel")
+        // 16 channels (twice the pool), then the client closes them all.
+        let idle = try (0..<16).map { _ -> Conn in
+            let d = try Conn.connect(port: control)
+            try d.send([1, 0, 0, 0, 1] + key)
+            return d
+        }
+        sleepSeconds(0.3)
+        idle.forEach { $0.close() }
+        sleepSeconds(0.3)
+
+        let v = try Conn.connect(port: publicPort)
+        try v.send("after the dead ones")
+        XCTAssertEqual(try c.readExact(4, timeout: 5), Recorded.createDataChannel, "a request for a live channel")
+        let d = try Conn.connect(port: control)
+        try d.send([1, 0, 0, 0, 1] + key)
+        XCTAssertEqual(try d.readExact(4 + 19, timeout: 5), [0, 0, 0, 0] + Array("after the dead ones".utf8),
+                       "StartForwardTcp, then the visitor's bytes")
+        d.close()
+        v.close()
+    }
+
     /// A client that connects the moment the control port opens is accepted: the server takes
     /// control channels only once its services are registered (it once answered ServiceNotExist).
     func testServerKnowsItsServicesAsSoonAsTheControlPortOpens() throws {
