@@ -1,4 +1,5 @@
 import DataPlane
+import Synchronization
 import Logging
 
 /// A data channel that carries UDP frames (`u8 header length, UdpHeader, payload`) both ways.
@@ -127,6 +128,9 @@ final class UDPServerForwarder: @unchecked Sendable {
     private var lastSweep = ContinuousClock.now
     /// A visitor silent this long may be moved to another channel (the client drops its socket too).
     static let visitorIdle: Duration = .seconds(60)
+    /// Visitors remembered at most. Beyond, a new visitor's channel follows from a hash of its
+    /// address: a flood of datagrams from forged sources must not grow the table without bound.
+    static let maxAssigned = 65_536
 
     init(ring: RingExecutor, service: ServerServiceConfig, logger: Logger) {
         self.ring = ring
@@ -172,6 +176,9 @@ final class UDPServerForwarder: @unchecked Sendable {
             return entry.channel
         }
         guard !channels.isEmpty else { return nil }
+        guard assigned.count < Self.maxAssigned else {
+            return channels[Int(UInt(bitPattern: peer.hashValue) % UInt(channels.count))]
+        }
         nextChannel = (nextChannel + 1) % channels.count
         let channel = channels[nextChannel]
         assigned[peer] = (channel, now)
@@ -248,7 +255,9 @@ extension Client {
             return
         }
         let channel = DatagramChannel(stream: stream, ring: ring)
-        let visitors = UDPVisitorTable(ring: ring, channel: channel, local: local)
+        let visitors = UDPVisitorTable(ring: ring, channel: channel, local: local) { [logger] in
+            logger.warning("service \(service.name): too many UDP visitors at once (\(UDPVisitorTable.maxVisitors) per channel, \(UDPVisitorTable.maxOpenSockets) in all); datagrams from new visitors are dropped until others go quiet for 60 s")
+        }
         Task(executorPreference: ring) { await channel.runWriter() }
         let reason = await channel.runReader({ header, payload in
             visitors.forward(payload, from: header.from)
@@ -264,6 +273,25 @@ extension Client {
 final class UDPVisitorTable: @unchecked Sendable {
     static let idleTimeout: Duration = .seconds(60)
     static let maxVisitors = 4096
+    /// Visitor sockets open in the whole process, against a quarter of the open-file limit: a flood
+    /// of datagrams from forged addresses on one UDP service must not take the fds that the other
+    /// services' connections need.
+    private static let openSockets = Atomic<Int>(0)
+    static let maxOpenSockets = max(256, Socket.openFileLimit / 4)
+
+    private static func reserveSocket() -> Bool {
+        if openSockets.wrappingAdd(1, ordering: .relaxed).newValue <= maxOpenSockets { return true }
+        releaseSocket()
+        return false
+    }
+
+    private static func releaseSocket() { openSockets.wrappingSubtract(1, ordering: .relaxed) }
+
+    private static func claimReport() -> Bool {
+        let now = (ContinuousClock.now - started).components.seconds
+        let last = lastReport.load(ordering: .relaxed)
+        return now - last >= 60 && lastReport.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged
+    }
 
     final class Visitor: @unchecked Sendable {
         let fd: Int32
@@ -286,10 +314,17 @@ final class UDPVisitorTable: @unchecked Sendable {
     private let outgoing = SendBatch(capacity: 64)
     private var pendingFD: Int32 = -1
 
-    init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress) {
+    /// Called when a new visitor is turned away for want of sockets, at most once a minute in the
+    /// whole process.
+    private let reportLimit: () -> Void
+    private static let started = ContinuousClock.now
+    private static let lastReport = Atomic<Int64>(-3600)
+
+    init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress, reportLimit: @escaping () -> Void) {
         self.ring = ring
         self.channel = channel
         self.local = local
+        self.reportLimit = reportLimit
     }
 
     var count: Int { visitors.count }
@@ -314,7 +349,14 @@ final class UDPVisitorTable: @unchecked Sendable {
             v.lastActive = .now
             return v.fd
         }
-        guard visitors.count < Self.maxVisitors, let fd = try? UDP.connected(to: local) else { return nil }
+        guard visitors.count < Self.maxVisitors, Self.reserveSocket() else {
+            if Self.claimReport() { reportLimit() }
+            return nil
+        }
+        guard let fd = try? UDP.connected(to: local) else {
+            Self.releaseSocket()
+            return nil
+        }
         let v = Visitor(fd: fd, peer: peer)
         visitors[peer] = v
         v.task = Task(executorPreference: ring) { await self.relayReplies(of: v) }
@@ -340,6 +382,7 @@ final class UDPVisitorTable: @unchecked Sendable {
         }
         if visitors[v.peer] === v { visitors[v.peer] = nil }
         Socket.close(v.fd)
+        Self.releaseSocket()
     }
 
     func closeAll() {

@@ -106,5 +106,12 @@ public enum Socket {
         return UInt64(lim.rlim_cur)
     }
 
+    /// The process's current limit on open files.
+    public static var openFileLimit: Int {
+        var lim = rlimit()
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &lim) == 0 else { return 1024 }
+        return lim.rlim_cur > UInt(Int.max) ? Int.max : Int(lim.rlim_cur)
+    }
+
     private static var RLIMIT_NOFILE_VALUE: __rlimit_resource_t { __rlimit_resource_t(RLIMIT_NOFILE.rawValue) }
 }

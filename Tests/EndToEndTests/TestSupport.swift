@@ -621,6 +621,8 @@ final class RatholeProcess: @unchecked Sendable {
     let dir: String
     let arguments: [String]
     var environment: [String: String] = ["RUST_LOG": "debug"]
+    /// A program that runs rathole in its own process (same pid), e.g. `prlimit --nofile=N:N`.
+    var launcher: [String] = []
     private(set) var pid: pid_t = 0
     private(set) var logPaths: [String] = []
     private(set) var exitResult: ExitResult?
@@ -644,7 +646,7 @@ final class RatholeProcess: @unchecked Sendable {
         guard access(binary, X_OK) == 0 else {
             throw E2EError("rathole binary not found at \(binary) (build it, or set RATHOLE_BIN)")
         }
-        pid = try spawnChild([binary] + arguments + [configPath], output: path, environment: environment)
+        pid = try spawnChild(launcher + [binary] + arguments + [configPath], output: path, environment: environment)
     }
 
     /// Reaps the process if it has exited.

@@ -235,6 +235,38 @@ final class UDPTests: FeatureTestCase {
     /// A hand-written client owns UDP service `fake`; the real client serves a UDP and a TCP
     /// service. Each malformed frame on the fake client's data channel closes that channel only,
     /// with a log line that says what was wrong.
+    /// Visitor sockets are budgeted, a quarter of the open-file limit for the whole client: a crowd
+    /// of UDP visitors (or datagrams from forged addresses) cannot take the fds that the client's
+    /// TCP services need. The limit is said once in the log.
+    func testVisitorSocketsAreBudgeted() throws {
+        let echo = try FeatureUDPEcho()
+        featureCleanup { echo.stop() }
+        let tcpEcho = keep(try LocalService.echo())
+        let control = Ports.free()
+        let udp = FeatureService("crowd", type: "udp", port: try freeUDPPort(), localPort: echo.port)
+        let tcp = FeatureService("tcpecho", port: Ports.free(), localPort: tcpEcho.port)
+        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [udp, tcp]))
+        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [udp, tcp]))
+        client.launcher = ["prlimit", "--nofile=1200:1200"]   // a budget of 300 visitor sockets
+        try server.start()
+        try waitServerReady(server, service: "crowd")
+        try client.start()
+        try waitClientReady(client, service: "crowd")
+        try waitClientReady(client, service: "tcpecho")
+
+        let crowd = try (0..<1000).map { _ in try FeatureUDPSocket() }
+        defer { crowd.forEach { $0.close() } }
+        for (i, v) in crowd.enumerated() { try v.send(Array("visitor \(i)".utf8), toPort: udp.port) }
+        XCTAssertTrue(client.waitForLog("too many UDP visitors", timeout: 10), "the limit is logged")
+        sleepSeconds(1)
+        let sockets = FeatureSupport.udpSocketCount(pid: client.pid) ?? -1
+        XCTAssertLessThanOrEqual(sockets, 300, "client UDP sockets past the budget")
+        XCTAssertGreaterThanOrEqual(sockets, 250, "visitors within the budget are served")
+        XCTAssertEqual(client.occurrences(of: "too many UDP visitors"), 1, "said once, not per datagram")
+        for i in 0..<20 { try echoOnce(port: tcp.port, payload: Array("tcp still works \(i)".utf8)) }
+        XCTAssertTrue(server.isRunning && client.isRunning)
+    }
+
     /// A UDP data channel that breaks while its control channel lives is replaced: the server asks
     /// the client for another (as upstream does), after a pause when it broke at once, and the new
     /// channel carries the visitors' datagrams.
