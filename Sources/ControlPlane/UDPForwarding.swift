@@ -278,6 +278,9 @@ final class UDPVisitorTable: @unchecked Sendable {
     /// services' connections need.
     private static let openSockets = Atomic<Int>(0)
     static let maxOpenSockets = max(256, Socket.openFileLimit / 4)
+    /// When the limit was last reported, in seconds since `started`.
+    private static let lastReport = Atomic<Int64>(-3600)
+    private static let started = ContinuousClock.now
 
     private static func reserveSocket() -> Bool {
         if openSockets.wrappingAdd(1, ordering: .relaxed).newValue <= maxOpenSockets { return true }
@@ -317,8 +320,6 @@ final class UDPVisitorTable: @unchecked Sendable {
     /// Called when a new visitor is turned away for want of sockets, at most once a minute in the
     /// whole process.
     private let reportLimit: () -> Void
-    private static let started = ContinuousClock.now
-    private static let lastReport = Atomic<Int64>(-3600)
 
     init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress, reportLimit: @escaping () -> Void) {
         self.ring = ring
