@@ -35,6 +35,18 @@ final class UDPTests: FeatureTestCase {
         return t
     }
 
+    /// Sends `payload` from `visitor` until its frame (IPv4 header, 13 bytes, then the payload)
+    /// shows up on the raw data channel `data`: the server may still be putting the channel to
+    /// work. Empty if it never does within 10 s.
+    private func firstFrame(on data: Conn, of payload: [UInt8], from visitor: FeatureUDPSocket, toPort port: UInt16) throws -> [UInt8] {
+        let deadline = monoNow() + 10
+        while monoNow() < deadline {
+            try visitor.send(payload, toPort: port)
+            if data.waitReadable(timeout: 0.5) { return try data.readExact(13 + payload.count, timeout: 5) }
+        }
+        return []
+    }
+
     /// A UDP port that was free a moment ago, distinct from every port handed out by `Ports`.
     private func freeUDPPort(ipv6: Bool = false) throws -> UInt16 {
         while true {
@@ -295,12 +307,7 @@ final class UDPTests: FeatureTestCase {
         let visitor = try FeatureUDPSocket()
         defer { visitor.close() }
         let hello = Array("still served".utf8)
-        var frame: [UInt8] = []
-        let deadline = monoNow() + 10
-        while frame.isEmpty && monoNow() < deadline {
-            try visitor.send(hello, toPort: port)
-            if data.waitReadable(timeout: 0.5) { frame = try data.readExact(13 + hello.count, timeout: 5) }
-        }
+        let frame = try firstFrame(on: data, of: hello, from: visitor, toPort: port)
         XCTAssertEqual(hexString(frame), hexString(FeatureRawClient.ipv4Frame(port: visitor.port, payload: hello)))
     }
 
@@ -347,13 +354,7 @@ final class UDPTests: FeatureTestCase {
             defer { data.close() }
             XCTAssertEqual(hexString(try data.readExact(4, timeout: 5)), "01000000", "\(c.what): StartForwardUdp")
             let hello = Array("hello fake \(k)".utf8)
-            // The server may still be putting the channel to work: resend until the frame shows up.
-            var frame: [UInt8] = []
-            let deadline = monoNow() + 10
-            while frame.isEmpty && monoNow() < deadline {
-                try visitor.send(hello, toPort: fakePort)
-                if data.waitReadable(timeout: 0.5) { frame = try data.readExact(13 + hello.count, timeout: 5) }
-            }
+            let frame = try firstFrame(on: data, of: hello, from: visitor, toPort: fakePort)
             XCTAssertEqual(hexString(frame), hexString(FeatureRawClient.ipv4Frame(port: vp, payload: hello)),
                            "\(c.what): the visitor's datagram framed with its address")
             while data.waitReadable(timeout: 0.2) { _ = try data.readExact(13 + hello.count, timeout: 5) }
