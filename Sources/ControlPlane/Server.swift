@@ -216,7 +216,9 @@ public final class Server: Sendable {
 
     /// The first exchange on a new connection, bounded by the handshake timeout.
     private func handshake(fd: Int32, ring: RingExecutor) async {
-        let peer = Socket.peerAddress(fd).map(\.description) ?? "?"
+        // Formatted only for log lines: a data channel, the common case, never needs it.
+        let address = Socket.peerAddress(fd)
+        @Sendable func peer() -> String { address.map(\.description) ?? "?" }
         let greeting: Greeting
         do {
             greeting = try await withTimeout(Self.handshakeTimeout, on: ring, operation: "handshake") { () async throws(IOError) -> Greeting in
@@ -229,8 +231,8 @@ public final class Server: Sendable {
         } catch {
             pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
             switch error {
-            case .system(_, let why): logger.warning("connection from \(peer): \(why)")
-            default: logger.warning("connection from \(peer): \(error)")
+            case .system(_, let why): logger.warning("connection from \(peer()): \(why)")
+            default: logger.warning("connection from \(peer()): \(error)")
             }
             return
         }
@@ -240,13 +242,13 @@ public final class Server: Sendable {
             await hub.runControlChannel(session, of: entry)
         case .data(let stream, let key):
             if !hub.addDataChannel(stream, sessionKey: key) {
-                logger.warning("data channel from \(peer) has an unknown session key; closed")
+                logger.warning("data channel from \(peer()) has an unknown session key; closed")
                 stream.close()
             }
         }
     }
 
-    private func greet(fd: Int32, ring: RingExecutor, peer: String) async throws(ControlError) -> Greeting {
+    private func greet(fd: Int32, ring: RingExecutor, peer: @Sendable () -> String) async throws(ControlError) -> Greeting {
         let stream: ByteStream
         do {
             stream = try await transport.accept(fd: fd, on: ring)
@@ -271,8 +273,9 @@ public final class Server: Sendable {
                     throw ControlError.refused("service \(entry.config.name): wrong token; control channel refused")
                 }
                 try await stream.writeMessage(Ack.ok)
-                logger.info("service \(entry.config.name): control channel from \(peer) established")
-                return .control(entry, ControlSession(stream: stream, key: auth.digest, peer: peer))
+                let address = peer()
+                logger.info("service \(entry.config.name): control channel from \(address) established")
+                return .control(entry, ControlSession(stream: stream, key: auth.digest, peer: address))
             }
         } catch {
             stream.close()
