@@ -203,15 +203,24 @@ public final class Client: Sendable {
 }
 
 extension ByteStream {
-    /// Reads one fixed-size protocol message, giving up after `timeout` without a byte.
-    func readMessage<M: WireMessage>(_ type: M.Type, timeout: Duration? = nil) async throws(ControlError) -> M {
+    /// Reads one fixed-size protocol message, giving up after `timeout` without a byte, or when
+    /// `deadline` (for the whole message) passes.
+    func readMessage<M: WireMessage>(_ type: M.Type, timeout: Duration? = nil, deadline: ContinuousClock.Instant? = nil)
+        async throws(ControlError) -> M
+    {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: M.size, alignment: 8)
         defer { buffer.deallocate() }
         var done = 0
         do throws(IOError) {
-            // The deadline applies to each read; the bytes of a 4-37 byte message arrive together.
+            // The timeout applies to each read; the bytes of a 4-37 byte message arrive together.
             while done < buffer.count {
-                let n = try await read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), timeout: timeout)
+                var limit = timeout
+                if let deadline {
+                    let left = deadline - .now
+                    guard left > .zero else { throw IOError.timedOut(operation: "handshake") }
+                    limit = min(limit ?? left, left)
+                }
+                let n = try await read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), timeout: limit)
                 if n == 0 { throw IOError.endOfStream }
                 done += n
             }

@@ -9,6 +9,13 @@ protocol Transport: Sendable {
     func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream
     /// Server side: the handshake on a freshly accepted socket (which the stream then owns).
     func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream
+    /// True when `accept` does no I/O, so that a deadline on the reads that follow bounds the
+    /// whole handshake.
+    var acceptIsImmediate: Bool { get }
+}
+
+extension Transport {
+    var acceptIsImmediate: Bool { false }
 }
 
 /// Where the client connects: an address it resolved, or a name a proxy resolves.
@@ -61,6 +68,8 @@ struct TCPTransport: Transport {
         applyOptions(fd)
         return SocketStream(fd: fd, ring: ring)
     }
+
+    var acceptIsImmediate: Bool { true }
 
     private func applyOptions(_ fd: Int32) {
         Socket.setNoDelay(fd, options.nodelay)

@@ -74,6 +74,26 @@ final class HostileInputTests: E2ETestCase {
         assertStillForwards(t, visitorsSoFar: 1)
     }
 
+    /// A Hello trickled a byte at a time, each well within any per-read timeout, is still cut off
+    /// by the 5 s budget for the whole handshake.
+    func testTrickledHelloDroppedAtTheHandshakeDeadline() throws {
+        let t = try tunnel()
+        let c = try Conn.connect(port: t.controlPort)
+        let hello: [UInt8] = [0, 0, 0, 0, 1] + Digest.service(named: t.name).bytes
+        let start = monoNow()
+        var closedAfter: Double?
+        for byte in hello {
+            if (try? c.send([byte])) == nil || c.readSome(timeout: 0.7) != .timeout {
+                closedAfter = monoNow() - start
+                break
+            }
+        }
+        let elapsed = try XCTUnwrap(closedAfter, "the server waited for all 37 bytes (\(monoNow() - start) s)")
+        XCTAssertGreaterThan(elapsed, 4, "closed after \(elapsed) s, before the 5 s budget")
+        XCTAssertLessThan(elapsed, 9, "closed after \(elapsed) s, long after the 5 s budget")
+        assertStillForwards(t, visitorsSoFar: 1)
+    }
+
     /// A data channel hello with a session key nobody was given is closed and never used.
     func testUnknownSessionKeyDataChannel() throws {
         let t = try tunnel()
