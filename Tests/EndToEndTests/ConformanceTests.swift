@@ -64,6 +64,16 @@ final class ConformanceTests: E2ETestCase {
         Digest.auth(token: Array(token.utf8), nonce: Digest(bytes: nonce)!).bytes
     }
 
+    /// A control channel for "echo", authenticated by hand: Ack Ok and the eight CreateDataChannel
+    /// of the initial pool are read. Returns it with its session key.
+    private func authenticatedControlChannel(port: UInt16, token: String) throws -> (conn: Conn, key: [UInt8]) {
+        let c = try Conn.connect(port: port)
+        let key = authDigest(token: token, nonce: try sendHelloReadNonce(c))
+        try c.send(key)
+        XCTAssertEqual(try c.readExact(36, timeout: 10), [UInt8](repeating: 0, count: 36), "Ack Ok and eight CreateDataChannel")
+        return (c, key)
+    }
+
     /// The digest helpers reproduce the recorded values, so the expectations below are sound.
     func testRecordedDigestsAreReproduced() {
         XCTAssertEqual(Digest.service(named: "echo").bytes, Array(Recorded.helloEcho[5...]))
@@ -139,19 +149,13 @@ final class ConformanceTests: E2ETestCase {
     /// (the newest client wins); the old session's pooled data channels go with it.
     func testServerNewestControlChannelWins() throws {
         let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
-        let first = try Conn.connect(port: control)
-        let key1 = authDigest(token: "wire_token_1", nonce: try sendHelloReadNonce(first))
-        try first.send(key1)
-        XCTAssertEqual(try first.readExact(36, timeout: 10), [UInt8](repeating: 0, count: 36))
+        let (first, key1) = try authenticatedControlChannel(port: control, token: "wire_token_1")
         let oldChannel = try Conn.connect(port: control)
         try oldChannel.send([1, 0, 0, 0, 1] + key1)
         sleepSeconds(0.2)
 
-        let second = try Conn.connect(port: control)
-        let key2 = authDigest(token: "wire_token_1", nonce: try sendHelloReadNonce(second))
+        let (second, key2) = try authenticatedControlChannel(port: control, token: "wire_token_1")
         XCTAssertNotEqual(key1, key2)
-        try second.send(key2)
-        XCTAssertEqual(try second.readExact(36, timeout: 10), [UInt8](repeating: 0, count: 36), "Ack Ok and eight CreateDataChannel")
         XCTAssertNotNil(first.waitClosed(timeout: 10), "the older control channel is closed")
         XCTAssertNotNil(oldChannel.waitClosed(timeout: 10), "the older session's pooled data channel is closed")
 
@@ -172,10 +176,8 @@ final class ConformanceTests: E2ETestCase {
     /// left in the pool while the visitor waits for the next one).
     func testServerPairsEachNewDataChannelWithTheWaitingVisitor() throws {
         let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
-        let c = try Conn.connect(port: control)
-        let key = authDigest(token: "wire_token_1", nonce: try sendHelloReadNonce(c))
-        try c.send(key)
-        XCTAssertEqual(try c.readExact(36, timeout: 10), [UInt8](repeating: 0, count: 36))
+        let (session, key) = try authenticatedControlChannel(port: control, token: "wire_token_1")
+        defer { session.close() }   // the session lives as long as its control channel
         for round in 0..<40 {
             let d = try Conn.connect(port: control)
             try d.send([1, 0, 0, 0, 1] + key)
@@ -197,10 +199,7 @@ final class ConformanceTests: E2ETestCase {
     /// for a new one even when the pool looked full (16 idle, all of them dead).
     func testDeadPooledChannelsAreReplacedForTheVisitor() throws {
         let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
-        let c = try Conn.connect(port: control)
-        let key = authDigest(token: "wire_token_1", nonce: try sendHelloReadNonce(c))
-        try c.send(key)
-        XCTAssertEqual(try c.readExact(36, timeout: 10), [UInt8](repeating: 0, count: 36), "Ack Ok, 8 CreateDataChannel")
+        let (c, key) = try authenticatedControlChannel(port: control, token: "wire_token_1")
         // 16 channels (twice the pool), then the client closes them all.
         let idle = try (0..<16).map { _ -> Conn in
             let d = try Conn.connect(port: control)
