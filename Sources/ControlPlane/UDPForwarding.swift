@@ -131,6 +131,8 @@ final class UDPServerForwarder: @unchecked Sendable {
     /// Visitors remembered at most. Beyond, a new visitor's channel follows from a hash of its
     /// address: a flood of datagrams from forged sources must not grow the table without bound.
     static let maxAssigned = 65_536
+    /// How long a channel must have lived to be replaced at once when it breaks.
+    static let replacementPause: Duration = .seconds(1)
 
     init(ring: RingExecutor, service: ServerServiceConfig, logger: Logger) {
         self.ring = ring
@@ -223,8 +225,6 @@ final class UDPServerForwarder: @unchecked Sendable {
             if !self.stopped { session.requestChannels(1) }
         }
     }
-
-    static let replacementPause: Duration = .seconds(1)
 
     /// Closes the channels of one control session (it ended or was replaced).
     func closeChannels(of sessionKey: Digest) {
