@@ -73,19 +73,20 @@ public final class Client: Sendable {
     /// Connects, authenticates and serves the control channel; reconnects forever with exponential
     /// backoff capped at the service's retry_interval, until cancelled.
     private func keepControlChannel(_ service: ClientServiceConfig, connections: ConnectionSet, ring: RingExecutor) async {
-        let cap = Duration.seconds(max(1, service.retryInterval))
-        var backoff = Duration.milliseconds(100)
+        var backoff = Backoff(cap: .seconds(max(1, service.retryInterval)))
         while !Task.isCancelled {
             var established = false
+            var failure: ControlError?
             do throws(ControlError) {
                 try await runControlChannel(service, connections: connections, ring: ring, established: &established)
             } catch {
                 if case .io(.cancelled) = error, Task.isCancelled { break }
-                logger.error("service \(service.name): \(error); retrying in \(backoff.secondsText)")
+                failure = error
             }
-            if established { backoff = .milliseconds(100) }
-            do { try await ring.sleep(for: backoff) } catch { break }
-            backoff = min(backoff * 2, cap)
+            if established { backoff.reset() }
+            let delay = backoff.next()
+            if let failure { logger.error("service \(service.name): \(failure); retrying in \(delay.secondsText)") }
+            do { try await ring.sleep(for: delay) } catch { break }
         }
         logger.debug("service \(service.name): control channel stopped")
     }
@@ -129,41 +130,49 @@ public final class Client: Sendable {
         logger.info("service \(service.name): control channel established")
 
         let timeout: Duration? = config.heartbeatTimeout > 0 ? .seconds(config.heartbeatTimeout) : nil
+        let channels = DataChannelOpener(service: service, remote: remote, sessionKey: sessionKey, connections: connections)
+        let commands = CommandReader()
         while true {
-            let command: ControlChannelCmd
             do throws(ControlError) {
-                command = try await stream.readMessage(ControlChannelCmd.self, timeout: timeout)
+                try await commands.fill(from: stream, timeout: timeout)
             } catch .io(.timedOut) {
                 throw .refused("no heartbeat from the server for \(config.heartbeatTimeout)s; reconnecting")
             } catch .io(.endOfStream) {
                 throw .refused("the server closed the control channel")
             }
-            switch command {
-            case .createDataChannel:
-                let dataRing = group.next()
-                Task(executorPreference: dataRing) {
-                    await self.runDataChannel(service, remote: remote, sessionKey: sessionKey, connections: connections, ring: dataRing)
+            var wanted = 0
+            while let command = try commands.next() {
+                switch command {
+                case .createDataChannel: wanted += 1
+                case .heartBeat: logger.trace("service \(service.name): heartbeat")
                 }
-            case .heartBeat:
-                logger.trace("service \(service.name): heartbeat")
             }
+            if wanted > 0 { open(channels, count: wanted) }
         }
     }
 
     // MARK: Data channels
 
-    private func runDataChannel(_ service: ClientServiceConfig, remote: Endpoint, sessionKey: Digest,
-                                connections: ConnectionSet, ring: RingExecutor) async {
-        let stream: ByteStream
-        do throws(TransportError) {
-            stream = try await transport.connect(to: remote, on: ring)
-        } catch {
-            logger.warning("service \(service.name): data channel: cannot connect to server: \(error)")
-            return
-        }
+    /// Opens `count` more data channels, at most `DataChannelOpener.maxOpening` at a time, spread
+    /// over the workers.
+    private func open(_ channels: DataChannelOpener, count: Int) {
+        for _ in 0..<channels.request(count) { openOne(channels) }
+    }
+
+    private func openOne(_ channels: DataChannelOpener) {
+        let ring = group.next()
+        Task(executorPreference: ring) { await self.runDataChannel(channels, ring: ring) }
+    }
+
+    /// Opens one data channel (then the next one asked for, if any, in parallel), waits for the
+    /// server's command and forwards.
+    private func runDataChannel(_ channels: DataChannelOpener, ring: RingExecutor) async {
+        let service = channels.service
+        let opened = await connectDataChannel(channels, ring: ring)
+        if channels.finished() { openOne(channels) }
+        guard let stream = opened else { return }
         let command: DataChannelCmd
         do throws(ControlError) {
-            try await stream.writeMessage(Hello.dataChannel(sessionKey))
             command = try await stream.readMessage(DataChannelCmd.self)
         } catch {
             if case .io(.endOfStream) = error {
@@ -176,10 +185,35 @@ public final class Client: Sendable {
         }
         switch command {
         case .startForwardTcp:
-            await forwardTCP(service, channel: stream, connections: connections, ring: ring)
+            await forwardTCP(service, channel: stream, connections: channels.connections, ring: ring)
         case .startForwardUdp:
             await forwardUDP(service, channel: stream, ring: ring)
         }
+    }
+
+    /// Connects to the server and says Hello on a new data channel, retrying a refused or failed
+    /// connection twice (the server may be busy accepting): a lost channel leaves a visitor waiting.
+    private func connectDataChannel(_ channels: DataChannelOpener, ring: RingExecutor) async -> ByteStream? {
+        let hello = Hello.dataChannel(channels.sessionKey)
+        for attempt in 1...3 {
+            do throws(TransportError) {
+                let stream = try await transport.connect(to: channels.remote, on: ring)
+                do throws(ControlError) {
+                    try await stream.writeFirstMessage(hello)
+                } catch {
+                    stream.close()
+                    throw TransportError(error.description)
+                }
+                return stream
+            } catch {
+                guard attempt < 3 else {
+                    logger.warning("service \(channels.service.name): data channel: cannot connect to server: \(error)")
+                    return nil
+                }
+                do { try await ring.sleep(for: .milliseconds(100 * attempt)) } catch { return nil }
+            }
+        }
+        return nil
     }
 
     private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, connections: ConnectionSet, ring: RingExecutor) async {

@@ -11,13 +11,15 @@ public final class Server: Sendable {
     let hub: ServerHub
     let transport: any Transport
     let logger: Logger
+    /// Visitors held at once, all services together; bounded by the open-file limit.
+    let visitors: VisitorBudget
 
     /// Handshakes not finished yet; strangers cannot make this grow past `maxPendingHandshakes`.
     private let pendingHandshakes = Atomic<Int>(0)
     static let maxPendingHandshakes = 4096
     static let handshakeTimeout: Duration = .seconds(5)
 
-    private let listeners = Mutex<[Int32]>([])
+    private let controlListener = Mutex<Int32?>(nil)
     private let tasks = Mutex<[Task<Void, Never>]>([])
 
     public init(config: ServerConfig, group: RingGroup, logger: Logger) throws(StartError) {
@@ -26,51 +28,48 @@ public final class Server: Sendable {
         self.logger = logger
         self.transport = try makeServerTransport(config.transport)
         self.hub = ServerHub(ring: group.executors[0], heartbeatInterval: config.heartbeatInterval, logger: logger)
+        self.visitors = VisitorBudget.fitting(openFileLimit: Socket.openFileLimit)
     }
 
-    /// Binds the control port (failure is fatal: nothing would work) and starts every service.
-    /// Control channels are accepted once every service is registered, so that a client that
-    /// connects at once is not told its service does not exist.
+    /// Binds the control port (failure is fatal: nothing would work, and a port another process
+    /// holds is refused rather than shared) and starts every service. Control channels are
+    /// accepted once every service is registered, so that a client that connects at once is not
+    /// told its service does not exist.
     public func start() throws(StartError) {
         let bind = config.bindAddr.socketAddress
-        var fds: [Int32] = []
-        for _ in group.executors {
-            do {
-                fds.append(try Socket.listen(bind))
-            } catch {
-                fds.forEach(Socket.closeListener)
-                throw StartError("cannot listen on \(bind) (server.bind_addr): \(error)")
-            }
+        let listener: Int32
+        do {
+            listener = try Socket.listen(bind)
+        } catch {
+            throw StartError("cannot listen on \(bind) (server.bind_addr): \(error)")
         }
-        let controlListeners = fds
-        listeners.withLock { $0 = controlListeners }
+        // Accepted channels inherit these. Every client speaks first, so an accept completes with
+        // its first message there (a silent connection is handed over after a second, to the
+        // handshake timeout).
+        Socket.setNoDelay(listener, config.transport.tcp.nodelay)
+        Socket.setKeepAlive(listener, idle: Int(config.transport.tcp.keepaliveSecs), interval: Int(config.transport.tcp.keepaliveInterval))
+        Socket.setDeferAccept(listener, seconds: 1)
+        controlListener.withLock { $0 = listener }
         logger.info("Listening at \(bind)")
         let entries = config.services.values.sorted(by: { $0.name < $1.name }).map(startService)
         spawn(on: hub.ring) {
             for entry in entries { await self.hub.register(entry) }
-            for (ring, fd) in zip(self.group.executors, controlListeners) {
-                self.spawn(on: ring) { await self.acceptChannels(listener: fd, ring: ring) }
+            for ring in self.group.executors {
+                self.spawn(on: ring) { await self.acceptChannels(listener: listener, ring: ring) }
             }
-            await self.hub.expireWaitingVisitors()
+            await self.hub.sweepPools()
         }
     }
 
     /// Stops accepting, closes every control and pooled data channel. Relays already running end
     /// when the caller shuts the ring group down.
     public func shutdown() async {
-        closeListeners()
+        if let fd = controlListener.withLock({ $0.take() }) { Socket.closeListener(fd) }
         tasks.withLock { $0.forEach { $0.cancel() } }
         await hub.closeAll()
     }
 
-    private func closeListeners() {
-        listeners.withLock { fds in
-            fds.forEach(Socket.closeListener)
-            fds.removeAll()
-        }
-    }
-
-    private func spawn(on ring: RingExecutor, _ body: @escaping @Sendable () async -> Void) {
+    func spawn(on ring: RingExecutor, _ body: @escaping @Sendable () async -> Void) {
         let task = Task(executorPreference: ring) { await body() }
         tasks.withLock { $0.append(task) }
     }
@@ -97,14 +96,12 @@ public final class Server: Sendable {
         spawn(on: hub.ring) { await self.hub.register(entry) }
     }
 
-    /// Starts a service's listeners (or its UDP forwarder); the hub does not know it yet.
+    /// Starts a service's listener (or its UDP forwarder); the hub does not know it yet.
     private func startService(_ service: ServerServiceConfig) -> ServiceEntry {
-        let entry = ServiceEntry(config: service)
+        let entry = ServiceEntry(config: service, budget: visitors)
         switch service.type {
         case .tcp:
-            for ring in group.executors {
-                spawn(on: ring) { await self.serveVisitors(of: entry, ring: ring) }
-            }
+            spawn(on: group.executors[0]) { await self.serveVisitors(of: entry) }
         case .udp:
             let ring = group.next()
             let forwarder = UDPServerForwarder(ring: ring, service: service, logger: logger)
@@ -114,77 +111,14 @@ public final class Server: Sendable {
         return entry
     }
 
-    /// Binds the service's port on this worker (retrying while it is busy) and serves visitors.
-    private func serveVisitors(of entry: ServiceEntry, ring: RingExecutor) async {
-        let service = entry.config
-        let bind = service.bindAddr.socketAddress
-        var listener: Int32 = -1
-        while !Task.isCancelled {
-            do {
-                listener = try Socket.listen(bind)
-                break
-            } catch {
-                if ring.index == 0 {
-                    logger.error("service \(service.name): cannot listen on \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s")
-                }
-                do { try await ring.sleep(for: .seconds(5)) } catch { return }
-            }
-        }
-        guard listener >= 0 else { return }
-        entry.addListener(listener)
-        if ring.index == 0 { logger.info("service \(service.name): listening at \(bind)") }
-        while let visitor = await acceptNext(listener, ring: ring, name: "service \(service.name)") {
-            if entry.closed {
-                Socket.close(visitor)
-                break
-            }
-            Task(executorPreference: ring) { await self.forward(visitor: visitor, of: entry, ring: ring) }
-        }
-        entry.removeListener(listener)
-    }
-
-    /// Pairs a visitor with a data channel (waiting for one if none is ready) and relays.
-    private func forward(visitor: Int32, of entry: ServiceEntry, ring: RingExecutor) async {
-        let service = entry.config
-        Socket.setNoDelay(visitor, service.nodelay)
-        // The visitor's address only when a log line will show it: this is the per-connection path.
-        let debug = logger.logLevel <= .debug
-        func peer() -> String { Socket.peerAddress(visitor).map(\.description) ?? "?" }
-        if debug { logger.debug("service \(service.name): new visitor \(peer())") }
-        // A channel can die in the pool (client gone); try the next one a few times.
-        for _ in 0..<4 {
-            guard let channel = await entry.channels.take(patience: ServerHub.visitorPatience,
-                                                          maxWaiting: ServerHub.maxWaitingVisitors) else {
-                logger.info("service \(service.name): no data channel for visitor \(peer()) in time; closing it")
-                Socket.close(visitor)
-                return
-            }
-            do throws(ControlError) {
-                try await channel.writeMessage(DataChannelCmd.startForwardTcp)
-            } catch {
-                channel.close()
-                continue
-            }
-            var onEnd: (@Sendable (RelayResult) -> Void)?
-            if debug {
-                let (name, logger, address) = (service.name, self.logger, peer())
-                onEnd = { logger.debug("service \(name): visitor \(address) done: \($0)") }
-            }
-            await relay(SocketStream(fd: visitor, ring: ring), channel, on: ring, tracking: entry.connections, onEnd: onEnd)
-            return
-        }
-        logger.warning("service \(service.name): data channels keep failing; closing visitor \(peer())")
-        Socket.close(visitor)
-    }
-
     /// The next connection on `listener`; nil once the listener is closed. Out of fds, accepting
     /// pauses for 100 ms (the listener stays readable, so retrying at once would spin).
-    private func acceptNext(_ listener: Int32, ring: RingExecutor, name: String) async -> Int32? {
+    func acceptNext(_ listener: Int32, ring: RingExecutor, name: @autoclosure () -> String) async -> Int32? {
         while true {
             do {
                 return try await ring.accept(listener)
             } catch .system(let e, _) where e == .tooManyOpenFiles || e.rawValue == ENFILE {
-                logger.warning("\(name): out of file descriptors, pausing accepts for 100ms")
+                logger.warning("\(name()): out of file descriptors, pausing accepts for 100ms")
                 try? await ring.sleep(for: .milliseconds(100))
             } catch .system(let e, _) where e.rawValue == ECONNABORTED || e.rawValue == EINTR {
                 continue
@@ -198,6 +132,10 @@ public final class Server: Sendable {
 
     private func acceptChannels(listener: Int32, ring: RingExecutor) async {
         while let fd = await acceptNext(listener, ring: ring, name: "control port") {
+            if transport.acceptIsImmediate, let key = Self.dataChannelHelloArrived(fd) {
+                fileDataChannel(SocketStream(fd: fd, ring: ring), sessionKey: key, ring: ring, peer: Self.peerText(fd))
+                continue
+            }
             guard pendingHandshakes.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxPendingHandshakes else {
                 pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
                 Socket.close(fd)
@@ -209,6 +147,39 @@ public final class Server: Sendable {
         }
     }
 
+    /// The session key of a plain-TCP data channel whose whole Hello has arrived with the
+    /// connection (the usual case: the listener defers accepts until the client has spoken), read
+    /// off the socket; nil, with nothing read, for anything else. This spares the commonest
+    /// connection a task and a ring round trip.
+    private static func dataChannelHelloArrived(_ fd: Int32) -> Digest? {
+        withUnsafeTemporaryAllocation(byteCount: Hello.size, alignment: 8) { buffer -> Digest? in
+            let peeked = recv(fd, buffer.baseAddress, Hello.size, Int32(MSG_PEEK | MSG_DONTWAIT))
+            guard peeked == Hello.size,
+                  case .dataChannel(let key)? = try? Hello(decodingPrefixOf: UnsafeRawBufferPointer(buffer)),
+                  (try? Socket.receiveNow(fd, into: buffer)) == Hello.size
+            else { return nil }
+            return key
+        }
+    }
+
+    /// Formats a peer's address for a log line, only when one is written.
+    static func peerText(_ fd: Int32) -> @Sendable () -> String {
+        { Socket.peerAddress(fd).map(\.description) ?? "?" }
+    }
+
+    /// Gives a data channel to its service: to the first waiting visitor, or to the idle pool.
+    func fileDataChannel(_ stream: ByteStream, sessionKey: Digest, ring: RingExecutor, peer: @Sendable () -> String) {
+        switch hub.addDataChannel(stream, sessionKey: sessionKey) {
+        case .unknownSession:
+            logger.warning("data channel from \(peer()) has an unknown session key; closed")
+            stream.close()
+        case .filed:
+            break
+        case .forward(let visitor, let channel, let entry):
+            forward(visitor, over: channel, of: entry, ring: ring)
+        }
+    }
+
     private enum Greeting: Sendable {
         case control(ServiceEntry, ControlSession)
         case data(ByteStream, sessionKey: Digest)
@@ -216,9 +187,8 @@ public final class Server: Sendable {
 
     /// The first exchange on a new connection, bounded by the handshake timeout.
     private func handshake(fd: Int32, ring: RingExecutor) async {
-        // Formatted only for log lines: a data channel, the common case, never needs it.
-        let address = Socket.peerAddress(fd)
-        @Sendable func peer() -> String { address.map(\.description) ?? "?" }
+        // Formatted only for log lines.
+        let peer = Self.peerText(fd)
         let deadline = ContinuousClock.now + Self.handshakeTimeout
         let greetInTime = { @Sendable () async throws(IOError) -> Greeting in
             do throws(ControlError) {
@@ -250,10 +220,7 @@ public final class Server: Sendable {
         case .control(let entry, let session):
             await hub.runControlChannel(session, of: entry)
         case .data(let stream, let key):
-            if !hub.addDataChannel(stream, sessionKey: key) {
-                logger.warning("data channel from \(peer()) has an unknown session key; closed")
-                stream.close()
-            }
+            fileDataChannel(stream, sessionKey: key, ring: ring, peer: peer)
         }
     }
 

@@ -15,10 +15,6 @@ actor ServerHub {
     /// filed by the worker that accepted them.
     private nonisolated let sessions = Mutex<[Digest: (entry: ServiceEntry, session: ControlSession)]>([:])
 
-    /// Visitors that may wait for a data channel, per service, and for how long.
-    static let maxWaitingVisitors = 1024
-    static let visitorPatience: Duration = .seconds(10)
-
     init(ring: RingExecutor, heartbeatInterval: UInt64, logger: Logger) {
         self.ring = ring
         self.heartbeatInterval = heartbeatInterval
@@ -62,8 +58,11 @@ actor ServerHub {
         entry.session = session
         sessions.withLock { $0[session.key] = (entry, session) }
         session.event = RingEvent(ring: ring)
-        session.requestChannels(entry.channels.size + entry.channels.waitingCount)
-        entry.channels.attach(session)
+        if entry.udp != nil {
+            session.requestChannels(ServiceEntry.udpChannels)
+        } else {
+            entry.channels.attach(session)
+        }
 
         Task(executorPreference: ring) {
             let reason = await Self.waitUntilClosed(session.stream)
@@ -127,27 +126,48 @@ actor ServerHub {
 
     // MARK: Data channels
 
-    /// Files a new data channel under its session; false when the session key is unknown.
-    /// Any thread. Filed under the lock, so a session that ends meanwhile either never sees the
-    /// channel or closes it with the rest of its channels.
-    nonisolated func addDataChannel(_ stream: ByteStream, sessionKey: Digest) -> Bool {
-        sessions.withLock { live -> Bool in
-            guard let (entry, session) = live[sessionKey] else { return false }
+    enum DataChannelFiling {
+        case unknownSession
+        /// Kept idle, given to UDP forwarding, or closed as not needed.
+        case filed
+        /// To be forwarded at once with this waiting visitor.
+        case forward(WaitingVisitor, PooledChannel, ServiceEntry)
+    }
+
+    /// Files a new data channel under its session. Any thread. Filed under the lock, so a session
+    /// that ends meanwhile either never sees the channel or closes it with the rest of its channels.
+    nonisolated func addDataChannel(_ stream: ByteStream, sessionKey: Digest) -> DataChannelFiling {
+        sessions.withLock { live -> DataChannelFiling in
+            guard let (entry, session) = live[sessionKey] else { return .unknownSession }
             if let udp = entry.udp {
                 udp.adopt(stream, of: session)
-            } else {
-                entry.channels.add(stream, sessionKey: sessionKey)
+                return .filed
             }
-            return true
+            let channel = PooledChannel(stream: stream, sessionKey: sessionKey)
+            switch entry.channels.add(channel) {
+            case .idle: return .filed
+            case .refused:
+                stream.close()
+                return .filed
+            case .visitor(let visitor): return .forward(visitor, channel, entry)
+            }
         }
     }
 
-    /// Turns away visitors that waited too long; runs for the life of the server.
-    func expireWaitingVisitors() async {
+    /// Once a second, for the life of the server: each service's pool turns away the visitors the
+    /// client left waiting too long, asks again for channels that never came, and shrinks after a
+    /// quiet spell.
+    func sweepPools() async {
         while true {
             do { try await ring.sleep(for: .seconds(1)) } catch { return }
             let now = ContinuousClock.now
-            for entry in services.values { entry.channels.expireWaiters(now: now) }
+            for entry in services.values {
+                let closed = entry.channels.sweep(now: now)
+                if closed > 0 {
+                    let patience = entry.channels.limits.patience
+                    logger.info("service \(entry.config.name): \(closed) visitor(s) got no data channel within \(patience.secondsText); closed")
+                }
+            }
         }
     }
 }
@@ -165,29 +185,26 @@ final class ServiceEntry: @unchecked Sendable {
     private let listeners = Mutex<[Int32]>([])
     private let isClosed = Atomic<Bool>(false)
 
-    init(config: ServerServiceConfig) {
+    /// Data channels a UDP service asks for (as upstream): datagrams are spread over them.
+    static let udpChannels = 2
+
+    init(config: ServerServiceConfig, budget: VisitorBudget) {
         self.config = config
-        channels = DataChannelPool(size: config.type == .tcp ? 8 : 2)
+        channels = DataChannelPool(budget: budget)
     }
 
     var closed: Bool { isClosed.load(ordering: .acquiring) }
 
-    func addListener(_ fd: Int32) {
+    /// Takes the service's listener, to close it with the service; false (having closed it) when
+    /// the service closed meanwhile.
+    func adoptListener(_ fd: Int32) -> Bool {
         let keep = listeners.withLock { fds -> Bool in
             if closed { return false }
             fds.append(fd)
             return true
         }
-        if !keep { Socket.close(fd) }
-    }
-
-    func removeListener(_ fd: Int32) {
-        let owned = listeners.withLock { fds -> Bool in
-            guard let i = fds.firstIndex(of: fd) else { return false }
-            fds.remove(at: i)
-            return true
-        }
-        if owned { Socket.close(fd) }
+        if !keep { Socket.closeListener(fd) }
+        return keep
     }
 
     /// Marks the service closed and shuts its listeners down, which ends their accept loops.

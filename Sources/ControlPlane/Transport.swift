@@ -64,9 +64,9 @@ struct TCPTransport: Transport {
         return SocketStream(fd: fd, ring: ring)
     }
 
+    /// The socket has its options already: accepted sockets inherit them from the listener.
     func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        applyOptions(fd)
-        return SocketStream(fd: fd, ring: ring)
+        SocketStream(fd: fd, ring: ring)
     }
 
     var acceptIsImmediate: Bool { true }

@@ -12,8 +12,13 @@ public enum Socket {
         return try IOError.checkLibc(fd, "socket")
     }
 
-    /// A listening TCP socket. With `reusePort`, several listeners (one per worker) share the port.
-    public static func listen(_ address: SocketAddress, backlog: Int32 = 4096, reusePort: Bool = true) throws(IOError) -> Int32 {
+    /// The listen backlog asked for: the kernel caps it at `net.core.somaxconn`, so this means "as
+    /// many as the system allows". Visitors wait there while the server is not accepting.
+    public static let maxBacklog: Int32 = 65535
+
+    /// A listening TCP socket. Without `reusePort` the port is this process's alone (another
+    /// process binding it gets "address in use"); the workers share the one listener.
+    public static func listen(_ address: SocketAddress, backlog: Int32 = maxBacklog, reusePort: Bool = false) throws(IOError) -> Int32 {
         let fd = try tcp(family: address.family)
         do {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
@@ -38,6 +43,33 @@ public enum Socket {
             throw error
         }
         return fd
+    }
+
+    /// Completes accepts only once the peer has sent its first bytes (or after `seconds`), so a
+    /// connection that would open with silence costs no accept and no task. Only for protocols
+    /// where the client speaks first.
+    public static func setDeferAccept(_ fd: Int32, seconds: Int32) {
+        try? setOption(fd, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, seconds, "TCP_DEFER_ACCEPT")
+    }
+
+    /// Sends what the socket buffer takes now, without waiting; for the few bytes a fresh or idle
+    /// connection can always take. Returns how many bytes were sent.
+    public static func sendNow(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) throws(IOError) -> Int {
+        while true {
+            let n = Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            if n >= 0 { return n }
+            if errno != EINTR { throw .system(.current, operation: "send") }
+        }
+    }
+
+    /// Receives what has arrived, without waiting: nil when nothing has (yet), 0 at end of stream.
+    public static func receiveNow(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(IOError) -> Int? {
+        while true {
+            let n = recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            if n >= 0 { return n }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return nil }
+            if errno != EINTR { throw .system(.current, operation: "recv") }
+        }
     }
 
     public static func setNoDelay(_ fd: Int32, _ on: Bool) {
