@@ -90,8 +90,12 @@ extension ByteStream {
         }
     }
 
-    /// Writes one or more protocol messages in one go.
+    /// Writes one or more protocol messages in one go (on websocket, one message each, as upstream).
     func writeMessages(_ messages: [any WireMessage]) async throws(ControlError) {
+        if let framed = self as? MessageFramedStream {
+            do throws(IOError) { try await framed.writeEach(messages.map { $0.encode() }) } catch { throw .io(error) }
+            return
+        }
         var bytes: [UInt8] = []
         for m in messages { m.encode(appendingTo: &bytes) }
         try await writeBytes(bytes)

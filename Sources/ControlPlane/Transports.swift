@@ -7,7 +7,7 @@ func makeServerTransport(_ config: TransportConfig) throws(StartError) -> any Tr
     case .tcp: return tcp
     case .tls: return try TLSTransport.server(config)
     case .noise: return try NoiseTransport(config, role: .responder, section: "server.transport", tcp: tcp)
-    case .websocket: throw unsupported(config.type, section: "server.transport.type")
+    case .websocket: return try WebSocketTransport.server(config)
     }
 }
 
@@ -18,10 +18,6 @@ func makeClientTransport(_ config: TransportConfig, remote: HostPort) throws(Sta
     case .tcp: return tcp
     case .tls: return try TLSTransport.client(config, hostname: config.tls?.hostname ?? remote.hostString, tcp: tcp)
     case .noise: return try NoiseTransport(config, role: .initiator, section: "client.transport", tcp: tcp)
-    case .websocket: throw unsupported(config.type, section: "client.transport.type")
+    case .websocket: return try WebSocketTransport.client(config, remote: remote, tcp: tcp)
     }
-}
-
-private func unsupported(_ type: TransportType, section: String) -> StartError {
-    StartError("\(section) = \"\(type)\": this build has no \(type) transport")
 }
