@@ -47,6 +47,11 @@ public struct WebSocketControlFrame: Equatable, Sendable {
 
     public var kind: Kind
     public var payload: [UInt8]
+
+    public init(kind: Kind, payload: [UInt8]) {
+        self.kind = kind
+        self.payload = payload
+    }
 }
 
 public enum WebSocketFrame {
