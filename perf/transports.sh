@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Throughput of the tunnel per transport: iperf3 through a real rathole server and client (release
-# build) on loopback, with the transport set to tcp, noise (NK, XX, KK) and tls in turn, beside a
-# direct connection. Prints a markdown table: transport | streams | Gbit/s | CPU s per 10 GB (server
-# and client processes together).
+# build) on loopback, with the transport set to tcp, noise (NK, XX, KK), tls, ws and wss (websocket
+# without and with TLS) in turn, beside a direct connection. Prints a markdown table: transport |
+# streams | Gbit/s | CPU s per 10 GB (server and client processes together).
 #
 # Usage: perf/transports.sh [--quick] [--duration S] [--no-build] [--scratch-path DIR] [--only LIST]
 #   --quick            3 s per iperf3 run instead of 10 s
@@ -10,7 +10,7 @@
 #   --no-build         do not run `swift build`; use the existing binary
 #   --scratch-path DIR build directory of the Swift package (default .build); the binary is
 #                      DIR/release/rathole
-#   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-xx,noise-kk,tls
+#   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-xx,noise-kk,tls,ws,wss
 # Environment: RATHOLE_BIN=/path/to/rathole overrides the binary (implies --no-build).
 set -euo pipefail
 
@@ -21,7 +21,7 @@ source "$ROOT/bench/lib/common.sh"
 DURATION=10
 BUILD=1
 SCRATCH="$ROOT/.build"
-ONLY="direct,tcp,noise-nk,noise-xx,noise-kk,tls"
+ONLY="direct,tcp,noise-nk,noise-xx,noise-kk,tls,ws,wss"
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) DURATION=3 ;;
@@ -90,6 +90,10 @@ transport_tables() {
                 printf '[client.transport]\ntype = "tls"\n[client.transport.tls]\ntrusted_root = "%s"\nhostname = "localhost"\n' \
                     "$WORK/certs/ca.pem"
             fi ;;
+        ws|wss)
+            printf '[%s.transport]\ntype = "websocket"\n[%s.transport.websocket]\ntls = %s\n' "$side" "$side" \
+                "$([ "$kind" = wss ] && echo true || echo false)"
+            if [ "$kind" = wss ]; then transport_tables tls "$side" | sed -n '/transport.tls/,$p'; fi ;;
     esac
 }
 
@@ -117,7 +121,7 @@ if want direct; then
     measure "direct (no tunnel)" 8 "$P_SRV"
 fi
 
-for kind in tcp noise-nk noise-xx noise-kk tls; do
+for kind in tcp noise-nk noise-xx noise-kk tls ws wss; do
     want "$kind" || continue
     {
         printf '[server]\nbind_addr = "127.0.0.1:%s"\n' "$P_CTL"
