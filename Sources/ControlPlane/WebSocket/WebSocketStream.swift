@@ -71,19 +71,19 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
                 // An idle stream holds no buffer: wait for bytes before taking one.
                 if !direct && needInput && timeout == nil { try await inner.waitReadable() }
                 let space = direct ? buffer : decoded.reserve(raw.readable.count + Self.smallReadSize)
-                var filled = raw.readable.count
-                if filled > 0 {
-                    space.copyMemory(from: raw.readable)
-                    raw.consume(filled)
-                }
+                // What is left from before goes in front; it leaves `raw` once the read succeeded.
+                let carried = raw.readable.count
+                if carried > 0 { space.copyMemory(from: raw.readable) }
+                var filled = carried
                 if needInput {
-                    let n = try await inner.read(into: UnsafeMutableRawBufferPointer(rebasing: space[filled...]), timeout: timeout)
+                    let n = try await inner.read(into: UnsafeMutableRawBufferPointer(rebasing: space[carried...]), timeout: timeout)
                     if n == 0 {
-                        if filled > 0 || !decoder.atBoundary { throw Self.failure(.truncated) }
+                        if carried > 0 || !decoder.atBoundary { throw Self.failure(.truncated) }
                         return 0
                     }
                     filled += n
                 }
+                raw.consume(carried)
                 let payload: Int
                 do throws(WebSocketFrameError) {
                     let (count, consumed) = try decoder.decode(space, count: filled, controls: &controls)
