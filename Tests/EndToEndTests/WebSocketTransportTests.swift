@@ -111,6 +111,50 @@ final class WebSocketTransportTests: FeatureTestCase {
         try featureAssertNothingForwarded(publicPort: service.port, local: echo)
     }
 
+    /// A FIN is a close frame, one each way: after the visitor's FIN the service's answer still
+    /// comes back, and after the service's FIN 300 KB from the visitor still get through.
+    func testHalfCloseBothWays() throws {
+        for tls in [false, true] {
+            let what = tls ? "wss" : "ws"
+            let received = Locked<[UInt8]?>(nil)
+            let answering = keep(try LocalService.halfClose())
+            let closing = keep(try LocalService(name: "early-closer") { conn in
+                try? conn.send("bye;")
+                conn.shutdownWrite()
+                let got = try? conn.readToEOF(timeout: 30)
+                received.withLock { $0 = got }
+            })
+            let control = Ports.free()
+            let services = [FeatureService("answering", port: Ports.free(), localPort: answering.port),
+                            FeatureService("closing", port: Ports.free(), localPort: closing.port)]
+            let server = rathole("server-\(what)", config: FeatureConfig.server(controlPort: control, services: services,
+                                                                               tables: try tables("server", tls: tls)))
+            let client = rathole("client-\(what)", config: FeatureConfig.client(remotePort: control, services: services,
+                                                                               tables: try tables("client", tls: tls)))
+            try server.start()
+            for s in services { try waitServerReady(server, service: s.name) }
+            try client.start()
+            for s in services { try waitClientReady(client, service: s.name) }
+
+            let v = try Conn.connect(port: services[0].port)
+            XCTAssertEqual(String(decoding: try v.readExact(9, timeout: 15), as: UTF8.self), "greeting;", what)
+            try v.send("ping-half-close")
+            v.shutdownWrite()
+            XCTAssertEqual(String(decoding: try v.readToEOF(timeout: 15), as: UTF8.self),
+                           "saw EOF after 15 bytes;you said <ping-half-close>", what)
+
+            let w = try Conn.connect(port: services[1].port)
+            XCTAssertEqual(try w.readToEOF(timeout: 15), Array("bye;".utf8), "\(what): the service's FIN reaches the visitor")
+            let late = patternBytes(count: 300_000, seed: 7)
+            try w.send(late)
+            w.shutdownWrite()
+            XCTAssertTrue(waitUntil(timeout: 15) { received.get != nil }, "\(what): the service never saw the visitor's EOF")
+            XCTAssertTrue(received.get == late, "\(what): bytes sent after the other side's FIN arrive intact")
+            client.killNow()
+            server.killNow()
+        }
+    }
+
     // MARK: Through an HTTP CONNECT proxy
 
     private func startTinyproxy(connectPort: UInt16) throws -> UInt16 {
