@@ -187,8 +187,9 @@ public final class Server: Sendable {
 
     /// The first exchange on a new connection, bounded by the handshake timeout.
     private func handshake(fd: Int32, ring: RingExecutor) async {
-        // Formatted only for log lines.
-        let peer = Self.peerText(fd)
+        // Read now (a failed handshake logs it after the socket is closed), formatted only for log lines.
+        let address = Socket.peerAddress(fd)
+        let peer: @Sendable () -> String = { address.map(\.description) ?? "?" }
         let deadline = ContinuousClock.now + Self.handshakeTimeout
         let greetInTime = { @Sendable () async throws(IOError) -> Greeting in
             do throws(ControlError) {
