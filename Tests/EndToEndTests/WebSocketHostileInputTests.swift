@@ -64,7 +64,10 @@ final class WebSocketHostileInputTests: FeatureTestCase {
             t.start()
         }
 
+        /// Stops after a few more rounds (so some ran after the hostile input too).
         func finish() -> (rounds: Int, error: String?) {
+            let target = result.get.rounds + 3
+            _ = waitUntil(timeout: 10) { result.get.rounds >= target || result.get.error != nil }
             stop.withLock { $0 = true }
             done.wait()
             conn.close()
@@ -111,7 +114,7 @@ final class WebSocketHostileInputTests: FeatureTestCase {
         try assertRefused(t, huge, log: "HTTP head longer than", what: "a 20 KiB head")
         let outcome = busy.finish()
         XCTAssertNil(outcome.error, "the visitor relayed meanwhile")
-        XCTAssertGreaterThan(outcome.rounds, 10)
+        XCTAssertGreaterThan(outcome.rounds, 3)
         XCTAssertNoThrow(try echoOnce(port: t.publicPort, payload: Array("after".utf8)))
         XCTAssertTrue(t.server.isRunning && t.client.isRunning)
     }
@@ -143,7 +146,7 @@ final class WebSocketHostileInputTests: FeatureTestCase {
         let trickle = try XCTUnwrap(trickledClosed, "the trickled head was never cut off")
         XCTAssertGreaterThan(trickle, 4)
         XCTAssertLessThan(trickle, 9)
-        XCTAssertTrue(t.server.waitForLog("handshake: timed out", count: 3, timeout: 5), "one line each:\n\(t.server.log)")
+        XCTAssertTrue(t.server.waitForLog(": timed out", count: 3, timeout: 5), "one line each:\n\(t.server.log)")
         XCTAssertNoThrow(try echoOnce(port: t.publicPort, payload: Array("after".utf8)))
     }
 

@@ -57,7 +57,7 @@ struct WebSocketTransport: Transport {
             try await Self.send(WebSocketHandshake.response(key: key), on: stream)
             return WebSocketStream(over: stream, ring: ring, masking: false, received: rest)
         } catch {
-            stream.close()
+            // Not closed here: the server closes the socket when accept throws.
             throw TransportError("websocket handshake: \(error)")
         }
     }
