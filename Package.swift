@@ -18,16 +18,23 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("uring")]
         ),
-        // Thin C shim over libsodium and OpenSSL: what the transports and the protocol need.
+        // Thin C shim over libsodium and OpenSSL: the headers, plus what Swift cannot call (macros).
         .target(
             name: "CRatholeCrypto",
             linkerSettings: [.linkedLibrary("sodium"), .linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         .target(name: "DataPlane", dependencies: ["CRatholeRing"]),
+        // The Noise protocol framework as rathole frames it: pure, bytes in and bytes out.
+        .target(name: "Noise", dependencies: ["CRatholeCrypto"]),
+        // TLS sessions over OpenSSL as state machines (ciphertext in, plaintext out); DataPlane for
+        // reading the configured files through its one syscall path.
+        .target(name: "TLS", dependencies: ["CRatholeCrypto", "DataPlane"]),
         .target(
             name: "ControlPlane",
             dependencies: [
                 "DataPlane",
+                "Noise",
+                "TLS",
                 "CRatholeCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -37,6 +44,7 @@ let package = Package(
             name: "rathole",
             dependencies: [
                 "ControlPlane",
+                "Noise",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -44,6 +52,8 @@ let package = Package(
         // Benchmark helper for perf/: a chain of relays between two ports.
         .executableTarget(name: "relaybench", dependencies: ["DataPlane"], path: "perf/relaybench"),
         .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane"]),
+        .testTarget(name: "NoiseTests", dependencies: ["Noise"], exclude: ["Fixtures"]),
+        .testTarget(name: "TLSTests", dependencies: ["TLS"]),
         .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane"], exclude: ["Fixtures"]),
         .testTarget(name: "EndToEndTests", dependencies: ["DataPlane", "ControlPlane"]),
     ]

@@ -1,4 +1,5 @@
 import DataPlane
+import Noise
 
 /// `type = "noise"`: Noise_<pattern>_25519_ChaChaPoly_BLAKE2s framed as rathole frames it.
 /// `local_private_key` and `remote_public_key` are standard base64 of raw X25519 keys.

@@ -93,8 +93,6 @@ private func withContiguousBytes<C: Collection<UInt8>, R>(_ c: C, _ body: (Unsaf
     return Array(c).withUnsafeBytes(body)
 }
 
-private let sodiumReady: Bool = rc_init() == 0
-
 // MARK: - Digest
 
 /// 32 bytes: a SHA-256 output, a nonce, or a session key. Stored inline (no heap allocation).
@@ -181,7 +179,8 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible {
     public static func sha256(_ raw: UnsafeRawBufferPointer) -> Digest {
         var s: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         Swift.withUnsafeMutableBytes(of: &s) { out in
-            rc_sha256(raw.baseAddress, raw.count, out.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            _ = SHA256(raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count,
+                       out.baseAddress!.assumingMemoryBound(to: UInt8.self))
         }
         return Digest(storage: s)
     }
@@ -213,9 +212,8 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible {
 
     /// 32 cryptographically secure random bytes (the server's nonce).
     public static func random() -> Digest {
-        precondition(sodiumReady, "libsodium failed to initialise")
         var s: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        Swift.withUnsafeMutableBytes(of: &s) { rc_random($0.baseAddress, $0.count) }
+        Swift.withUnsafeMutableBytes(of: &s) { fillSecureRandom($0) }
         return Digest(storage: s)
     }
 }

@@ -1,4 +1,5 @@
 import DataPlane
+import Noise
 
 /// Opens a TCP connection to a target through `[client.transport.tcp] proxy`: SOCKS5 (RFC 1928,
 /// with RFC 1929 username/password) or HTTP CONNECT (with Basic auth). The proxy resolves the

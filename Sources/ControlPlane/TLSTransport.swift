@@ -1,4 +1,5 @@
 import DataPlane
+import TLS
 
 /// `type = "tls"`: OpenSSL over the socket. Server: `pkcs12` + `pkcs12_password`; client:
 /// `trusted_root` + `hostname` (default: the host of remote_addr); chain and name are verified.

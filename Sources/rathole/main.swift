@@ -3,6 +3,7 @@ import ControlPlane
 import DataPlane
 import Glibc
 import Logging
+import Noise
 
 struct Rathole: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,6 @@
-// Thin shim over libsodium and OpenSSL. Swift imports these libraries directly through this
-// header; the functions below exist only where a macro or a multi-call sequence is awkward from Swift.
+// Thin shim over libsodium and OpenSSL. Swift imports both libraries directly through this header
+// (Noise, TLS, the protocol's digests); the functions below exist only for what Swift cannot call:
+// macros, and the BIO that OpenSSL calls back into.
 #ifndef CRATHOLECRYPTO_H
 #define CRATHOLECRYPTO_H
 
@@ -12,22 +13,12 @@
 #include <openssl/err.h>
 #include <openssl/pkcs12.h>
 #include <openssl/x509v3.h>
-
-// Initialise libsodium once (safe to call many times). Returns 0 on success.
-int rc_init(void);
-
-// SHA-256 of one buffer.
-void rc_sha256(const void *data, size_t len, uint8_t out[32]);
-
-// Fill buf with cryptographically secure random bytes.
-void rc_random(void *buf, size_t len);
-
-// --- Noise (BLAKE2s from OpenSSL) ---
+#include <openssl/sha.h>
+#include <openssl/rand.h>
+#include <openssl/provider.h>
 
 // --- TLS (OpenSSL) ---
 // Implemented in tls.c. Swift calls OpenSSL directly; these cover macros and the in-memory BIO.
-
-#include <openssl/provider.h>
 
 // Settings shared by every context: TLS 1.2 minimum, no renegotiation, read-ahead, and (server) no
 // session tickets. Returns 1 on success, 0 on failure (details on the OpenSSL error queue).

@@ -57,7 +57,7 @@ public enum WebSocketHandshake {
     /// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64.
     public static func randomKey() -> String {
         var bytes = [UInt8](repeating: 0, count: 16)
-        bytes.withUnsafeMutableBytes { rc_random($0.baseAddress, $0.count) }
+        bytes.withUnsafeMutableBytes { fillSecureRandom($0) }
         return base64(bytes)
     }
 

@@ -1,4 +1,3 @@
-import CRatholeCrypto
 import DataPlane
 import Glibc
 
@@ -232,7 +231,7 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
         guard masking else { return nil }
         if masks.isEmpty {
             masks = [UInt32](repeating: 0, count: 32)
-            masks.withUnsafeMutableBytes { rc_random($0.baseAddress, $0.count) }
+            masks.withUnsafeMutableBytes { fillSecureRandom($0) }
         }
         return masks.removeLast()
     }

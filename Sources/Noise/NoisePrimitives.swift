@@ -22,9 +22,10 @@ public enum NoiseConstants {
     public static let frameHeaderLength = 2
 }
 
-/// libsodium must be initialised once before use: `sodium_init` also picks the fastest ChaCha20 and
-/// Poly1305 implementations for this CPU. Swift runs a global's initialiser exactly once, thread-safely.
-let noiseSodiumInitialised: Bool = rc_init() == 0
+/// libsodium must be initialised before use: `sodium_init` also picks the fastest ChaCha20 and
+/// Poly1305 implementations for this CPU. This is the program's only call: Noise is the only user of
+/// libsodium. Swift runs a global's initialiser exactly once, thread-safely.
+let noiseSodiumInitialised: Bool = sodium_init() >= 0
 
 @inline(__always)
 func noiseEnsureLibraries() {

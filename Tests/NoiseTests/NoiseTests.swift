@@ -1,10 +1,10 @@
-// Tests of the Noise framework (Sources/ControlPlane/Noise): the cacophony vectors, interop with an
+// Tests of the Noise framework (Sources/Noise): the cacophony vectors, interop with an
 // independent implementation (python3-dissononce, through Fixtures/noise_peer.py), rathole's framing
 // against the recorded session 06-noise-nk, keys, and the failure cases.
 
 import Foundation
 import XCTest
-@testable import ControlPlane
+@testable import Noise
 
 // MARK: - Helpers
 

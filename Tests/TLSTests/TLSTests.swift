@@ -1,9 +1,10 @@
 import Foundation
 import XCTest
 
-@testable import ControlPlane
+@testable import TLS
 
-/// TLS material generated once per test run by Fixtures/make-test-certs.sh.
+/// TLS material generated once per test run by Tests/ControlPlaneTests/Fixtures/make-test-certs.sh
+/// (it stays there: the end-to-end tests and perf/transports.sh use it too).
 private struct TLSTestCerts: Sendable {
     static let password = "p12 sécret"
     let dir: String
@@ -13,8 +14,8 @@ private struct TLSTestCerts: Sendable {
     var legacyP12: String { dir + "/server-legacy.p12" }
 
     static let shared: Result<TLSTestCerts, TLSTestSetupError> = {
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-            .appendingPathComponent("Fixtures/make-test-certs.sh").path
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("ControlPlaneTests/Fixtures/make-test-certs.sh").path
         let dir = FileManager.default.temporaryDirectory
             .appendingPathComponent("rathole-tls-tests-\(getpid())").path
         let p = Process()
