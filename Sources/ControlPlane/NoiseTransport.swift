@@ -1,7 +1,8 @@
 import DataPlane
 import Noise
 
-/// `type = "noise"`: Noise_<pattern>_25519_ChaChaPoly_BLAKE2s framed as rathole frames it.
+/// `type = "noise"`: Noise_<pattern>_25519_<ChaChaPoly|AESGCM>_<BLAKE2s|BLAKE2b|SHA256|SHA512> framed
+/// as rathole frames it.
 /// `local_private_key` and `remote_public_key` are standard base64 of raw X25519 keys.
 struct NoiseTransport: Transport {
     let tcp: TCPTransport

@@ -1,4 +1,4 @@
-// Errors of the Noise protocol framework (Noise_*_25519_ChaChaPoly_BLAKE2s).
+// Errors of the Noise protocol framework (the Noise_*_25519_* suites).
 
 /// Everything that can go wrong in the Noise layer. Every case reads as a one-line message through
 /// `description`.

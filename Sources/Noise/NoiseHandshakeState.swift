@@ -48,7 +48,8 @@ public final class NoiseHandshakeState {
         }
         self.noiseProtocol = noiseProtocol
         self.role = role
-        self.symmetric = NoiseSymmetricState(protocolName: noiseProtocol.name)
+        self.symmetric = NoiseSymmetricState(protocolName: noiseProtocol.name, cipher: noiseProtocol.cipher,
+                                             hash: noiseProtocol.hash)
         self.s = pattern.needsLocalStatic(role) ? localStatic : nil
         self.rs = needsRemote ? remoteStatic : nil
         self.fixedEphemeral = fixedEphemeral

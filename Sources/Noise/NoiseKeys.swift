@@ -20,7 +20,7 @@ public final class NoiseKeyPair: @unchecked Sendable {
             secret.initialize(from: src.baseAddress!, count: NoiseConstants.dhLength)
         }
         self.secret = secret
-        publicKey = NoisePrimitives.publicKey(privateKey: secret)
+        publicKey = NoiseX25519.publicKey(privateKey: secret)
     }
 
     /// A key pair from a private key in standard base64 (as in rathole's `local_private_key`).
@@ -34,7 +34,7 @@ public final class NoiseKeyPair: @unchecked Sendable {
         let secret = UnsafeMutablePointer<UInt8>.allocate(capacity: NoiseConstants.dhLength)
         fill(secret)
         self.secret = secret
-        publicKey = NoisePrimitives.publicKey(privateKey: secret)
+        publicKey = NoiseX25519.publicKey(privateKey: secret)
     }
 
     /// A fresh key pair: 32 random bytes from libsodium's CSPRNG as the private key.
@@ -53,7 +53,7 @@ public final class NoiseKeyPair: @unchecked Sendable {
 
     /// DH(self.private, publicKey).
     func dh(_ remotePublicKey: [UInt8]) throws(NoiseError) -> [UInt8] {
-        try NoisePrimitives.dh(privateKey: secret, publicKey: remotePublicKey)
+        try NoiseX25519.dh(privateKey: secret, publicKey: remotePublicKey)
     }
 
     deinit {

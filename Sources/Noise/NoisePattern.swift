@@ -1,5 +1,5 @@
 // Handshake patterns (Noise spec rev 34, sections 7.4 and 18.1: the interactive fundamental patterns and the
-// deferred ones) and the parsing of protocol names such as "Noise_NK_25519_ChaChaPoly_BLAKE2s".
+// deferred ones) and the parsing of protocol names such as "Noise_NK_25519_AESGCM_SHA256".
 
 /// A token of a handshake pattern.
 public enum NoiseToken: String, Sendable, Hashable {
@@ -97,7 +97,8 @@ public struct NoiseHandshakePattern: Sendable, Hashable, CustomStringConvertible
     public static let kk = named("KK")!
 }
 
-/// A parsed, supported protocol name: "Noise_<pattern>_25519_ChaChaPoly_BLAKE2s".
+/// A parsed, supported protocol name: "Noise_<pattern>_25519_<cipher>_<hash>", with cipher ChaChaPoly
+/// or AESGCM and hash BLAKE2s, BLAKE2b, SHA256 or SHA512: every Curve25519 suite upstream accepts.
 public struct NoiseProtocol: Sendable, Hashable, CustomStringConvertible {
     /// rathole's default pattern.
     public static let defaultName = "Noise_NK_25519_ChaChaPoly_BLAKE2s"
@@ -105,26 +106,29 @@ public struct NoiseProtocol: Sendable, Hashable, CustomStringConvertible {
 
     public let name: String
     public let pattern: NoiseHandshakePattern
+    public let cipher: NoiseCipher
+    public let hash: NoiseHash
 
     public var description: String { name }
 
     /// Parses a protocol name. Anything other than an interactive pattern without modifiers with
-    /// 25519, ChaChaPoly and BLAKE2s is rejected with an error that names the unsupported part.
+    /// 25519 and one of the ciphers and hashes above is rejected with an error that names the
+    /// unsupported part.
     public init(name: String) throws(NoiseError) {
         func fail(_ reason: String) -> NoiseError { .unsupportedProtocol(name: name, reason: reason) }
         let parts = name.split(separator: "_", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 5, parts[0] == "Noise" else {
             throw fail("expected the form Noise_<pattern>_<dh>_<cipher>_<hash>, e.g. \(Self.defaultName)")
         }
-        let (patternPart, dh, cipher, hash) = (parts[1], parts[2], parts[3], parts[4])
+        let (patternPart, dh, cipherPart, hashPart) = (parts[1], parts[2], parts[3], parts[4])
         guard dh == "25519" else {
             throw fail("DH function '\(dh)' is not supported (only 25519)")
         }
-        guard cipher == "ChaChaPoly" else {
-            throw fail("cipher '\(cipher)' is not supported (only ChaChaPoly)")
+        guard let cipher = NoiseCipher(rawValue: cipherPart) else {
+            throw fail("cipher '\(cipherPart)' is not supported (ChaChaPoly or AESGCM)")
         }
-        guard hash == "BLAKE2s" else {
-            throw fail("hash '\(hash)' is not supported (only BLAKE2s)")
+        guard let hash = NoiseHash(rawValue: hashPart) else {
+            throw fail("hash '\(hashPart)' is not supported (BLAKE2s, BLAKE2b, SHA256 or SHA512)")
         }
         // The pattern name is upper-case letters and digits; modifiers (psk0, fallback, ...) follow in
         // lower case, joined by '+'.
@@ -144,5 +148,7 @@ public struct NoiseProtocol: Sendable, Hashable, CustomStringConvertible {
         }
         self.name = name
         self.pattern = pattern
+        self.cipher = cipher
+        self.hash = hash
     }
 }

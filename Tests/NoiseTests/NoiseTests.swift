@@ -1,350 +1,12 @@
-// Tests of the Noise framework (Sources/Noise): the cacophony vectors, interop with an
-// independent implementation (python3-dissononce, through Fixtures/noise_peer.py), rathole's framing
-// against the recorded session 06-noise-nk, keys, and the failure cases.
+// Tests of the Noise sessions (Sources/Noise): rathole's framing against the recorded session
+// 06-noise-nk, keys, protocol names, the failure cases, framing and CipherState details. The
+// vectors, the interop with python3-dissononce and the suites' primitives have files of their own.
 
 import Foundation
 import XCTest
 @testable import Noise
 
-// MARK: - Helpers
-
-private func hex(_ text: String) -> [UInt8] {
-    var out: [UInt8] = []
-    var iterator = text.utf8.makeIterator()
-    func nibble(_ c: UInt8) -> UInt8 {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
-        default: fatalError("bad hex digit")
-        }
-    }
-    while let hi = iterator.next(), let lo = iterator.next() {
-        out.append(nibble(hi) << 4 | nibble(lo))
-    }
-    return out
-}
-
-private func hexString(_ bytes: [UInt8]) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    out.reserveCapacity(bytes.count * 2)
-    for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
-    return String(decoding: out, as: UTF8.self)
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-private func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var state = seed | 1
-    return (0..<count).map { _ in
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17
-        return UInt8(truncatingIfNeeded: state)
-    }
-}
-
-private let testsDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-private let repositoryRoot = testsDirectory.deletingLastPathComponent().deletingLastPathComponent()
-private let sharedDirectory = repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared")
-
-private func sharedFile(_ relative: String) throws -> URL {
-    let url = sharedDirectory.appendingPathComponent(relative)
-    guard FileManager.default.fileExists(atPath: url.path) else {
-        throw XCTSkip("shared file \(url.path) is missing (shared/ must sit beside the repository)")
-    }
-    return url
-}
-
-/// Runs a full handshake between two in-memory sessions.
-private func connectedPair(_ name: String = NoiseProtocol.defaultName, initiatorStatic: NoiseKeyPair? = nil,
-                           responderStatic: NoiseKeyPair? = nil) throws -> (initiator: NoiseSession, responder: NoiseSession) {
-    let i = try NoiseSession(protocolName: name, role: .initiator, localStaticKey: initiatorStatic,
-                             remoteStaticKey: responderStatic?.publicKey)
-    let r = try NoiseSession(protocolName: name, role: .responder, localStaticKey: responderStatic,
-                             remoteStaticKey: initiatorStatic?.publicKey)
-    while !(i.isHandshakeComplete && r.isHandshakeComplete) {
-        if i.isMyTurnToWrite { try r.readHandshakeMessage(i.nextHandshakeMessage()) }
-        else if r.isMyTurnToWrite { try i.readHandshakeMessage(r.nextHandshakeMessage()) }
-        else { XCTFail("handshake stuck"); break }
-    }
-    return (i, r)
-}
-
-// MARK: - A peer process running python3-dissononce
-
-private final class DissononcePeer {
-    let process = Process()
-    private let input = Pipe()
-    private let output = Pipe()
-    private let errors = Pipe()
-
-    static func pythonExecutable() throws -> String {
-        // Debian's python3-dissononce lives in the system interpreter; a python3 earlier on PATH (pyenv,
-        // venv) may not see it.
-        let candidates = ["/usr/bin/python3"] + (ProcessInfo.processInfo.environment["PATH"] ?? "")
-            .split(separator: ":").map { "\($0)/python3" }
-        for candidate in candidates where FileManager.default.isExecutableFile(atPath: candidate) {
-            let check = Process()
-            check.executableURL = URL(fileURLWithPath: candidate)
-            check.arguments = ["-c", "import dissononce"]
-            check.standardOutput = FileHandle.nullDevice
-            check.standardError = FileHandle.nullDevice
-            try check.run()
-            check.waitUntilExit()
-            if check.terminationStatus == 0 { return candidate }
-        }
-        throw NSError(domain: "NoiseTests", code: 1, userInfo: [NSLocalizedDescriptionKey:
-            "python3-dissononce is not installed: no python3 can `import dissononce` (apt-get install python3-dissononce)"])
-    }
-
-    /// noise_peer.py's arguments for one session (or ["--sessions"] for several, see `startSession`).
-    static func sessionArguments(pattern: String, role: NoiseRole, localPrivate: [UInt8]?, remotePublic: [UInt8]?) -> [String] {
-        [pattern, role == .initiator ? "initiator" : "responder",
-         localPrivate.map(hexString) ?? "-", remotePublic.map(hexString) ?? "-"]
-    }
-
-    init(arguments: [String]) throws {
-        signal(SIGPIPE, SIG_IGN)
-        process.executableURL = URL(fileURLWithPath: try Self.pythonExecutable())
-        process.arguments = [testsDirectory.appendingPathComponent("Fixtures/noise_peer.py").path] + arguments
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        // Never hang the suite on a stuck peer.
-        let watched = process
-        DispatchQueue.global().asyncAfter(deadline: .now() + 120) {
-            if watched.isRunning { watched.terminate() }
-        }
-    }
-
-    /// In --sessions mode: announces the next session.
-    func startSession(_ arguments: [String]) throws {
-        try send(Array((arguments.joined(separator: " ") + "\n").utf8))
-    }
-
-    func send(_ bytes: [UInt8]) throws {
-        try input.fileHandleForWriting.write(contentsOf: Data(bytes))
-    }
-
-    /// Whatever the peer has written next (at least one byte), or [] at end of stream.
-    func receiveChunk() -> [UInt8] {
-        [UInt8](output.fileHandleForReading.availableData)
-    }
-
-    func finish() -> (status: Int32, stderr: String) {
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.terminationStatus, text)
-    }
-}
-
-/// Our side of the application exchange with noise_peer.py.
-private final class PeerConversation {
-    let session: NoiseSession
-    let peer: DissononcePeer
-    private var plaintext: [UInt8] = []
-
-    init(session: NoiseSession, peer: DissononcePeer) {
-        self.session = session
-        self.peer = peer
-    }
-
-    func handshake() throws {
-        while !session.isHandshakeComplete {
-            if session.isMyTurnToWrite {
-                try peer.send(session.nextHandshakeMessage())
-            } else {
-                let chunk = peer.receiveChunk()
-                guard !chunk.isEmpty else { throw NoiseError.malformedMessage("peer closed during the handshake") }
-                try session.readHandshakeMessage(chunk)
-            }
-        }
-        if session.bufferedInputCount > 0 { plaintext += try session.open([]) }
-    }
-
-    private func receive(_ count: Int) throws -> [UInt8] {
-        while plaintext.count < count {
-            let chunk = peer.receiveChunk()
-            guard !chunk.isEmpty else { throw NoiseError.malformedMessage("peer closed the stream") }
-            plaintext += try session.open(chunk)
-        }
-        let out = Array(plaintext[..<count])
-        plaintext.removeFirst(count)
-        return out
-    }
-
-    /// One application message: u32 LE length, body, BLAKE2s(body); returns the body after checking it.
-    func receiveMessage() throws -> [UInt8] {
-        let header = try receive(4)
-        let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
-        let body = try receive(length)
-        let digest = try receive(32)
-        XCTAssertEqual(digest, NoisePrimitives.hash(body), "digest of a \(length)-byte message from the peer")
-        return body
-    }
-
-    func sendMessage(_ body: [UInt8]) throws {
-        let n = UInt32(body.count)
-        var message = [UInt8(truncatingIfNeeded: n), UInt8(truncatingIfNeeded: n >> 8),
-                       UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 24)]
-        message += body
-        message += NoisePrimitives.hash(body)
-        try peer.send(session.seal(message))
-    }
-
-    func sendEnd() throws {
-        try peer.send(session.seal([0xFF, 0xFF, 0xFF, 0xFF]))
-    }
-}
-
-// MARK: - Tests
-
 final class NoiseTests: XCTestCase {
-    // MARK: Test vectors
-
-    func testCacophonyVectors() throws {
-        let data = try Data(contentsOf: sharedFile("vectors/noise-cacophony-25519-chachapoly-blake2s.json"))
-        let root = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
-        let vectors = try XCTUnwrap(root["vectors"] as? [[String: Any]])
-        var tested: Set<String> = []
-        for vector in vectors {
-            let name = try XCTUnwrap(vector["protocol_name"] as? String)
-            func key(_ field: String) -> [UInt8]? { (vector[field] as? String).map(hex) }
-            let proto = try NoiseProtocol(name: name)
-            let initiator = try NoiseHandshakeState(
-                protocol: proto, role: .initiator, prologue: key("init_prologue") ?? [],
-                localStatic: try key("init_static").map { try NoiseKeyPair(privateKey: $0) },
-                remoteStatic: key("init_remote_static"),
-                fixedEphemeral: try key("init_ephemeral").map { try NoiseKeyPair(privateKey: $0) })
-            let responder = try NoiseHandshakeState(
-                protocol: proto, role: .responder, prologue: key("resp_prologue") ?? [],
-                localStatic: try key("resp_static").map { try NoiseKeyPair(privateKey: $0) },
-                remoteStatic: key("resp_remote_static"),
-                fixedEphemeral: try key("resp_ephemeral").map { try NoiseKeyPair(privateKey: $0) })
-            let messages = try XCTUnwrap(vector["messages"] as? [[String: String]])
-            let handshakeCount = proto.pattern.messages.count
-            XCTAssertGreaterThan(messages.count, handshakeCount, name)
-            var ciphers: (i: (send: NoiseCipherState, receive: NoiseCipherState),
-                          r: (send: NoiseCipherState, receive: NoiseCipherState))?
-            for (index, message) in messages.enumerated() {
-                let payload = hex(message["payload"]!)
-                let expected = hex(message["ciphertext"]!)
-                let initiatorSends = index % 2 == 0
-                if index < handshakeCount {
-                    let (writer, reader) = initiatorSends ? (initiator, responder) : (responder, initiator)
-                    XCTAssertTrue(writer.isMyTurnToWrite, "\(name) message \(index)")
-                    let written = try writer.writeMessage(payload: payload)
-                    XCTAssertEqual(hexString(written), hexString(expected), "\(name) handshake message \(index)")
-                    XCTAssertEqual(try reader.readMessage(written), payload, "\(name) handshake payload \(index)")
-                    continue
-                }
-                if ciphers == nil {
-                    XCTAssertTrue(initiator.isComplete && responder.isComplete, name)
-                    ciphers = (try initiator.transportCiphers(), try responder.transportCiphers())
-                    if let h = vector["handshake_hash"] as? String {
-                        XCTAssertEqual(hexString(initiator.handshakeHash), h, "\(name) handshake hash")
-                        XCTAssertEqual(hexString(responder.handshakeHash), h, "\(name) handshake hash")
-                    }
-                }
-                let (sender, receiver) = initiatorSends ? (ciphers!.i.send, ciphers!.r.receive)
-                                                        : (ciphers!.r.send, ciphers!.i.receive)
-                let sealed = try sender.encryptWithAd([], payload)
-                XCTAssertEqual(hexString(sealed), hexString(expected), "\(name) transport message \(index)")
-                XCTAssertEqual(try receiver.decryptWithAd([], sealed), payload, "\(name) transport payload \(index)")
-            }
-            tested.insert(proto.pattern.name)
-        }
-        XCTAssertTrue(tested.isSuperset(of: ["NN", "NK", "XX", "KK"]), "vectors tested: \(tested.sorted())")
-    }
-
-    // MARK: Interop with python3-dissononce
-
-    /// Full handshake and transport exchange with noise_peer.py, our side in `ourRole`: in a process of
-    /// its own, or as the next session of `sharedPeer` (started with --sessions).
-    private func interop(pattern: String, ourRole: NoiseRole, sizes: [Int], sharedPeer: DissononcePeer? = nil) throws {
-        let context = "\(pattern), we are the \(ourRole)"
-        let ours = NoiseKeyPair.generate()
-        let theirs = NoiseKeyPair.generate()
-        let session = try NoiseSession(protocolName: "Noise_\(pattern)_25519_ChaChaPoly_BLAKE2s", role: ourRole,
-                                       localStaticKey: ours, remoteStaticKey: theirs.publicKey)
-        let peerRole: NoiseRole = ourRole == .initiator ? .responder : .initiator
-        let arguments = DissononcePeer.sessionArguments(pattern: pattern, role: peerRole,
-                                                        localPrivate: theirs.privateKey, remotePublic: ours.publicKey)
-        let peer: DissononcePeer
-        if let sharedPeer {
-            peer = sharedPeer
-            try peer.startSession(arguments)
-        } else {
-            peer = try DissononcePeer(arguments: arguments)
-        }
-        let conversation = PeerConversation(session: session, peer: peer)
-        do {
-            try conversation.handshake()
-            // The peer's first message: its handshake hash, then the remote static key it knows.
-            let hello = try conversation.receiveMessage()
-            XCTAssertEqual(Array(hello.prefix(32)), session.handshakeHash, "handshake hash, \(context)")
-            let patternObject = try NoiseProtocol(name: "Noise_\(pattern)_25519_ChaChaPoly_BLAKE2s").pattern
-            if patternObject.needsLocalStatic(ourRole) {
-                XCTAssertEqual(Array(hello.dropFirst(32)), ours.publicKey, "our static key as the peer learnt it, \(context)")
-            } else {
-                XCTAssertEqual(hello.count, 32, context)
-            }
-            if patternObject.needsLocalStatic(peerRole) {
-                XCTAssertEqual(session.remoteStaticKey, theirs.publicKey, "the peer's static key, \(context)")
-            }
-            for (n, size) in sizes.enumerated() {
-                let body = pseudoRandomBytes(size, seed: UInt64(size * 31 + n + 7))
-                try conversation.sendMessage(body)
-                let reply = try conversation.receiveMessage()
-                XCTAssertEqual(reply.count, size, context)
-                XCTAssertTrue(reply.elementsEqual(body.reversed()), "echo of \(size) bytes, \(context)")
-            }
-            try conversation.sendEnd()
-        } catch {
-            let (status, stderr) = peer.finish()
-            XCTFail("\(context): \(error); peer exit \(status): \(stderr)")
-            throw error
-        }
-        if sharedPeer == nil {
-            let (status, stderr) = peer.finish()
-            XCTAssertEqual(status, 0, "\(context): noise_peer.py failed: \(stderr)")
-        }
-    }
-
-    private let largeSizes = [0, 1, 5, 1000, NoiseConstants.maxPlaintextLength - 36,
-                              NoiseConstants.maxPlaintextLength, 200_000, 1_500_000]
-
-    func testInteropNK() throws {
-        try interop(pattern: "NK", ourRole: .initiator, sizes: largeSizes)
-        try interop(pattern: "NK", ourRole: .responder, sizes: largeSizes)
-    }
-
-    func testInteropXX() throws {
-        try interop(pattern: "XX", ourRole: .initiator, sizes: largeSizes)
-        try interop(pattern: "XX", ourRole: .responder, sizes: largeSizes)
-    }
-
-    func testInteropKK() throws {
-        try interop(pattern: "KK", ourRole: .initiator, sizes: largeSizes)
-        try interop(pattern: "KK", ourRole: .responder, sizes: largeSizes)
-    }
-
-    /// Every other pattern of the table, both roles, against dissononce's own pattern definitions
-    /// (one peer process, one session after another).
-    func testInteropAllOtherPatterns() throws {
-        let peer = try DissononcePeer(arguments: ["--sessions"])
-        var sessions = 0
-        for pattern in NoiseHandshakePattern.all where !["NK", "XX", "KK"].contains(pattern.name) {
-            try interop(pattern: pattern.name, ourRole: .initiator, sizes: [3, 70_000], sharedPeer: peer)
-            try interop(pattern: pattern.name, ourRole: .responder, sizes: [3, 70_000], sharedPeer: peer)
-            sessions += 2
-        }
-        XCTAssertEqual(sessions, 2 * (NoiseHandshakePattern.all.count - 3))
-        let (status, stderr) = peer.finish()
-        XCTAssertEqual(status, 0, "noise_peer.py failed: \(stderr)")
-    }
-
     // MARK: The recorded rathole session (06-noise-nk)
 
     func testRecordedRatholeNKSession() throws {
@@ -522,11 +184,25 @@ final class NoiseTests: XCTestCase {
         XCTAssertEqual(try NoiseProtocol(name: "Noise_NK_25519_ChaChaPoly_BLAKE2s").pattern.name, "NK")
         XCTAssertEqual(try NoiseProtocol(name: "Noise_IX_25519_ChaChaPoly_BLAKE2s").pattern.messages.count, 2)
         XCTAssertEqual(try NoiseProtocol(name: "Noise_X1K1_25519_ChaChaPoly_BLAKE2s").pattern.messages.count, 4)
+        // Every Curve25519 suite upstream accepts.
+        for cipher in NoiseCipher.allCases {
+            for hash in NoiseHash.allCases {
+                let parsed = try NoiseProtocol(name: "Noise_XX_25519_\(cipher.rawValue)_\(hash.rawValue)")
+                XCTAssertEqual(parsed.cipher, cipher)
+                XCTAssertEqual(parsed.hash, hash)
+                XCTAssertEqual(parsed.pattern.name, "XX")
+            }
+        }
+        XCTAssertEqual(try NoiseProtocol(name: "Noise_NK_25519_AESGCM_SHA256").cipher, .aesGCM)
+        XCTAssertEqual(try NoiseProtocol(name: "Noise_NK_25519_AESGCM_SHA256").hash, .sha256)
+        XCTAssertEqual(try NoiseProtocol(name: "Noise_NK_25519_ChaChaPoly_BLAKE2b").hash, .blake2b)
         let cases: [(String, String)] = [
             ("Noise_NK_448_ChaChaPoly_BLAKE2s", "DH function '448'"),
-            ("Noise_NK_25519_AESGCM_BLAKE2s", "cipher 'AESGCM'"),
-            ("Noise_NK_25519_ChaChaPoly_SHA256", "hash 'SHA256'"),
-            ("Noise_NK_25519_ChaChaPoly_BLAKE2b", "hash 'BLAKE2b'"),
+            ("Noise_NK_25519_XChaChaPoly_BLAKE2s", "cipher 'XChaChaPoly'"),
+            ("Noise_NK_25519_aesgcm_SHA256", "cipher 'aesgcm'"),
+            ("Noise_NK_25519_AESGCM_SHA3", "hash 'SHA3'"),
+            ("Noise_NK_25519_ChaChaPoly_BLAKE3", "hash 'BLAKE3'"),
+            ("Noise_NK_25519_AESGCM_sha256", "hash 'sha256'"),
             ("Noise_N_25519_ChaChaPoly_BLAKE2s", "one-way pattern 'N'"),
             ("Noise_X_25519_ChaChaPoly_BLAKE2s", "one-way pattern 'X'"),
             ("Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s", "pattern modifier 'psk3'"),
@@ -771,24 +447,4 @@ final class NoiseTests: XCTestCase {
         old.setNonce(2)
         let c = try a.encryptWithAd([], [4])
         XCTAssertThrowsError(try old.decryptWithAd([], c))
-    }
-
-    func testBlake2sAndHmacPrimitives() throws {
-        // BLAKE2s-256 of "abc" (RFC 7693, appendix B).
-        XCTAssertEqual(hexString(NoisePrimitives.hash(Array("abc".utf8))),
-                       "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982")
-        // Streaming two parts equals hashing the concatenation.
-        XCTAssertEqual(NoisePrimitives.hash(Array("ab".utf8), Array("c".utf8)), NoisePrimitives.hash(Array("abc".utf8)))
-        // HMAC-BLAKE2s (block length 64), value from Python's hmac + hashlib.blake2s.
-        XCTAssertEqual(hexString(NoisePrimitives.hmac(key: (0..<32).map { UInt8($0) }, data: Array("abc".utf8))),
-                       "82623be5bc0a391b24dce53e67d028eff92d586de0485ac37822e597d049c74f")
-        // HKDF outputs chain as the spec says: output2 = HMAC(temp, output1 || 0x02).
-        let ck = pseudoRandomBytes(32, seed: 1)
-        let ikm = pseudoRandomBytes(32, seed: 2)
-        let out = NoisePrimitives.hkdf(chainingKey: ck, inputKeyMaterial: ikm, outputs: 3)
-        let temp = NoisePrimitives.hmac(key: ck, data: ikm)
-        XCTAssertEqual(out[0], NoisePrimitives.hmac(key: temp, data: [1]))
-        XCTAssertEqual(out[1], NoisePrimitives.hmac(key: temp, data: out[0] + [2]))
-        XCTAssertEqual(out[2], NoisePrimitives.hmac(key: temp, data: out[1] + [3]))
-    }
-}
+    }}

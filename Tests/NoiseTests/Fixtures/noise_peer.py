@@ -4,21 +4,21 @@
 Talks on stdin/stdout with rathole's framing: every Noise message, handshake or transport, is preceded
 by its length as a u16 little-endian. Handshake payloads are empty, no prologue.
 
-usage: noise_peer.py PATTERN ROLE LOCAL_PRIVATE_HEX|- REMOTE_PUBLIC_HEX|-
+usage: noise_peer.py PROTOCOL ROLE LOCAL_PRIVATE_HEX|- REMOTE_PUBLIC_HEX|-
        noise_peer.py --sessions
-  PATTERN  e.g. NK, XX, KK, X1K1 (suite 25519_ChaChaPoly_BLAKE2s)
+  PROTOCOL a protocol name: Noise_<pattern>_25519_<ChaChaPoly|AESGCM>_<BLAKE2s|BLAKE2b|SHA256|SHA512>
   ROLE     initiator | responder (this script's role)
 With --sessions, sessions run one after another on the same stdin/stdout: each starts with a line
-"PATTERN ROLE LOCAL_PRIVATE_HEX|- REMOTE_PUBLIC_HEX|-\n" in clear, then the session as below; end of
+"PROTOCOL ROLE LOCAL_PRIVATE_HEX|- REMOTE_PUBLIC_HEX|-\n" in clear, then the session as below; end of
 input before a line ends the script (exit 0).
 
 After the handshake the two sides exchange application messages inside the encrypted stream, each
   u32 LE length L, body (L bytes), blake2s-256(body) (32 bytes)
-This script first sends one message whose body is its handshake hash (32 bytes) followed by the remote
-static key it knows (32 bytes, or nothing). Then, for every message it receives, it checks the digest
-and answers with body = received body reversed. L = 0xFFFFFFFF ends the session
-(exit 0). Transport plaintext is split into Noise messages of at most 65519 bytes. Exit codes: 2 usage
-or missing dissononce, 3 a check failed, 4 the peer closed early.
+This script first sends one message whose body is its handshake hash (HASHLEN bytes: 32 or 64)
+followed by the remote static key it knows (32 bytes, or nothing). Then, for every message it
+receives, it checks the digest and answers with body = received body reversed. L = 0xFFFFFFFF ends
+the session (exit 0). Transport plaintext is split into Noise messages of at most 65519 bytes.
+Exit codes: 2 usage or missing dissononce, 3 a check failed, 4 the peer closed early.
 """
 import hashlib
 import importlib
@@ -27,11 +27,15 @@ import struct
 import sys
 
 try:
+    from dissononce.cipher.aesgcm import AESGCMCipher
     from dissononce.cipher.chachapoly import ChaChaPolyCipher
     from dissononce.dh.x25519.x25519 import X25519DH
     from dissononce.dh.x25519.private import PrivateKey
     from dissononce.dh.x25519.public import PublicKey
+    from dissononce.hash.blake2b import Blake2bHash
     from dissononce.hash.blake2s import Blake2sHash
+    from dissononce.hash.sha256 import SHA256Hash
+    from dissononce.hash.sha512 import SHA512Hash
     from dissononce.processing.impl.cipherstate import CipherState
     from dissononce.processing.impl.handshakestate import HandshakeState
     from dissononce.processing.impl.symmetricstate import SymmetricState
@@ -81,6 +85,18 @@ def frame(message):
     return struct.pack("<H", len(message)) + message
 
 
+CIPHERS = {"ChaChaPoly": ChaChaPolyCipher, "AESGCM": AESGCMCipher}
+HASHES = {"BLAKE2s": Blake2sHash, "BLAKE2b": Blake2bHash, "SHA256": SHA256Hash, "SHA512": SHA512Hash}
+
+
+def parse_protocol(name):
+    """(pattern, cipher, hash) of a protocol name."""
+    parts = name.split("_")
+    if len(parts) != 5 or parts[0] != "Noise" or parts[2] != "25519" or parts[3] not in CIPHERS or parts[4] not in HASHES:
+        fail("unsupported protocol %s" % name, 2)
+    return parts[1], CIPHERS[parts[3]](), HASHES[parts[4]]()
+
+
 def load_pattern(name):
     for family in ("interactive", "deferred"):
         try:
@@ -116,9 +132,10 @@ class Stream:
         self.send(struct.pack("<I", len(body)) + body + digest(body))
 
 
-def run_session(pattern_name, role, local_private, remote_public):
+def run_session(protocol_name, role, local_private, remote_public):
     if role not in ("initiator", "responder"):
         fail(__doc__, 2)
+    pattern_name, cipher, hash_function = parse_protocol(protocol_name)
     pattern = load_pattern(pattern_name)
     initiator = role == "initiator"
     dh = X25519DH()
@@ -127,7 +144,7 @@ def run_session(pattern_name, role, local_private, remote_public):
     peer_pre = pattern.responder_pre_message_pattern if initiator else pattern.initiator_pre_message_pattern
     rs = PublicKey(bytes.fromhex(remote_public)) if remote_public != "-" and "s" in peer_pre else None
 
-    handshake = HandshakeState(SymmetricState(CipherState(ChaChaPolyCipher()), Blake2sHash()), dh)
+    handshake = HandshakeState(SymmetricState(CipherState(cipher), hash_function), dh)
     handshake.initialize(pattern, initiator, b"", s=s, rs=rs)
 
     ciphers = None
