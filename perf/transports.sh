@@ -10,7 +10,7 @@
 #   --no-build         do not run `swift build`; use the existing binary
 #   --scratch-path DIR build directory of the Swift package (default .build); the binary is
 #                      DIR/release/rathole
-#   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-xx,noise-kk,tls,ws,wss
+#   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-nk-aesgcm,noise-xx,noise-kk,tls,ws,wss
 # Environment: RATHOLE_BIN=/path/to/rathole overrides the binary (implies --no-build).
 set -euo pipefail
 
@@ -21,7 +21,7 @@ source "$ROOT/bench/lib/common.sh"
 DURATION=10
 BUILD=1
 SCRATCH="$ROOT/.build"
-ONLY="direct,tcp,noise-nk,noise-xx,noise-kk,tls,ws,wss"
+ONLY="direct,tcp,noise-nk,noise-nk-aesgcm,noise-xx,noise-kk,tls,ws,wss"
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) DURATION=3 ;;
@@ -73,6 +73,9 @@ transport_tables() {
         noise-nk)
             printf '[%s.transport]\ntype = "noise"\n[%s.transport.noise]\n' "$side" "$side"
             if [ "$side" = server ]; then echo "local_private_key = \"$S_PRIV\""; else echo "remote_public_key = \"$S_PUB\""; fi ;;
+        noise-nk-aesgcm)
+            printf '[%s.transport]\ntype = "noise"\n[%s.transport.noise]\npattern = "Noise_NK_25519_AESGCM_SHA256"\n' "$side" "$side"
+            if [ "$side" = server ]; then echo "local_private_key = \"$S_PRIV\""; else echo "remote_public_key = \"$S_PUB\""; fi ;;
         noise-xx)
             printf '[%s.transport]\ntype = "noise"\n[%s.transport.noise]\npattern = "Noise_XX_25519_ChaChaPoly_BLAKE2s"\n' "$side" "$side" ;;
         noise-kk)
@@ -121,7 +124,7 @@ if want direct; then
     measure "direct (no tunnel)" 8 "$P_SRV"
 fi
 
-for kind in tcp noise-nk noise-xx noise-kk tls ws wss; do
+for kind in tcp noise-nk noise-nk-aesgcm noise-xx noise-kk tls ws wss; do
     want "$kind" || continue
     {
         printf '[server]\nbind_addr = "127.0.0.1:%s"\n' "$P_CTL"

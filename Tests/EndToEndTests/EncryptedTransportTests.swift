@@ -1,5 +1,5 @@
-// Noise (NK, XX, KK) and TLS transports end to end: echo, 64 MiB hashed, 50 concurrent
-// connections; refusals with nothing forwarded (wrong server key, untrusted certificate); and a
+// Noise (NK, XX, KK; NK with AESGCM_SHA256; every other suite) and TLS transports end to end:
+// echo, 64 MiB hashed, 50 concurrent connections; refusals with nothing forwarded (wrong server key, untrusted certificate); and a
 // relay between client and server that flips one byte of ciphertext mid-transfer: that connection
 // dies and what was delivered is a clean prefix of what was sent.
 import ControlPlane
@@ -9,7 +9,7 @@ import XCTest
 
 final class EncryptedTransportTests: FeatureTestCase {
     enum Kind: String {
-        case noiseNK, noiseXX, noiseKK, tls
+        case noiseNK, noiseXX, noiseKK, noiseNKAESGCM, tls
     }
 
     /// The `[server.transport]` and `[client.transport]` tables of a transport.
@@ -21,6 +21,7 @@ final class EncryptedTransportTests: FeatureTestCase {
     static let p12Password = "p12 pass-word"
     static let xx = "Noise_XX_25519_ChaChaPoly_BLAKE2s"
     static let kk = "Noise_KK_25519_ChaChaPoly_BLAKE2s"
+    static let nkAESGCM = "Noise_NK_25519_AESGCM_SHA256"
 
     private func certs() throws -> String {
         let certDir = dir + "/certs"
@@ -51,6 +52,10 @@ final class EncryptedTransportTests: FeatureTestCase {
             return Secure(server: noise("server", privateKey: s.privateKey), client: noise("client", remotePublic: s.publicKey))
         case .noiseXX:
             return Secure(server: noise("server", pattern: Self.xx), client: noise("client", pattern: Self.xx))
+        case .noiseNKAESGCM:
+            let s = try FeatureSupport.genkey()
+            return Secure(server: noise("server", pattern: Self.nkAESGCM, privateKey: s.privateKey),
+                          client: noise("client", pattern: Self.nkAESGCM, remotePublic: s.publicKey))
         case .noiseKK:
             let s = try FeatureSupport.genkey()
             let c = try FeatureSupport.genkey()
@@ -101,7 +106,42 @@ final class EncryptedTransportTests: FeatureTestCase {
     func testNoiseNK() throws { try checkTransport(.noiseNK) }
     func testNoiseXX() throws { try checkTransport(.noiseXX) }
     func testNoiseKK() throws { try checkTransport(.noiseKK) }
+    func testNoiseNKAESGCMSHA256() throws { try checkTransport(.noiseNKAESGCM) }
     func testTLS() throws { try checkTransport(.tls) }
+
+    /// The 6 suites not tested above (ChaChaPoly_BLAKE2s and AESGCM_SHA256 are), NK and XX in turn:
+    /// echoes, 8 MiB hashed and 10 concurrent connections through each.
+    func testEveryOtherNoiseSuite() throws {
+        let suites = ["ChaChaPoly_BLAKE2b", "ChaChaPoly_SHA256", "ChaChaPoly_SHA512",
+                      "AESGCM_BLAKE2s", "AESGCM_BLAKE2b", "AESGCM_SHA512"]
+        let echo = keep(try LocalService.echo())
+        for (n, suite) in suites.enumerated() {
+            let secure: Secure
+            if n % 2 == 0 {
+                let pattern = "Noise_NK_25519_\(suite)", s = try FeatureSupport.genkey()
+                secure = Secure(server: noise("server", pattern: pattern, privateKey: s.privateKey),
+                                client: noise("client", pattern: pattern, remotePublic: s.publicKey))
+            } else {
+                let pattern = "Noise_XX_25519_\(suite)"
+                secure = Secure(server: noise("server", pattern: pattern), client: noise("client", pattern: pattern))
+            }
+            let publicPort = Ports.free()
+            let (server, client) = try startSecure(secure, services: [FeatureService("secure", port: publicPort, localPort: echo.port)],
+                                                   control: Ports.free())
+            for (i, size) in [1, 5000, 200_000].enumerated() {
+                try echoOnce(port: publicPort, payload: patternBytes(count: size, seed: UInt64(n * 10 + i + 1)))
+            }
+            XCTAssertNoThrow(try FeatureSupport.echoTransfer(port: publicPort, data: Array(FeatureSupport.big.prefix(8 << 20))),
+                             "\(suite): 8 MiB")
+            let failures = FeatureSupport.concurrentEchoes(port: publicPort, count: 10)
+            XCTAssertEqual(failures, [], "\(suite): \(failures.count) of 10 concurrent connections failed")
+            XCTAssertFalse(client.log.contains("WARN") || client.log.contains("ERROR"), "\(suite): the client complained:\n\(client.log)")
+            XCTAssertTrue(server.isRunning && client.isRunning, suite)
+            client.killNow()
+            server.killNow()
+        }
+        XCTAssertEqual(echo.accepted, suites.count * (3 + 1 + 10), "one local connection per visitor")
+    }
 
     // MARK: Refusals
 
@@ -151,6 +191,31 @@ final class EncryptedTransportTests: FeatureTestCase {
         XCTAssertEqual(client.occurrences(of: "control channel established"), 0)
         XCTAssertEqual(server.occurrences(of: "established"), 0)
         XCTAssertTrue(server.isRunning && client.isRunning)
+    }
+
+    /// Patterns upstream refuses too: rathole exits 1 with a line naming the key and the refused part.
+    func testRefusedNoisePatternsNameTheKey() throws {
+        let key = try FeatureSupport.genkey()
+        let cases: [(side: String, pattern: String, part: String)] = [
+            ("server", "Noise_NK_25519_XChaChaPoly_BLAKE2s", "cipher 'XChaChaPoly'"),
+            ("server", "Noise_NK_448_AESGCM_SHA256", "DH function '448'"),
+            ("server", "Noise_NKpsk0_25519_AESGCM_SHA256", "pattern modifier 'psk0'"),
+            ("client", "Noise_N_25519_AESGCM_SHA512", "one-way pattern 'N'"),
+            ("client", "Noise_NK_25519_AESGCM_SHA3", "hash 'SHA3'"),
+        ]
+        for (n, c) in cases.enumerated() {
+            let svc = FeatureService("secure", port: Ports.free(), localPort: Ports.free())
+            let config = c.side == "server"
+                ? FeatureConfig.server(controlPort: Ports.free(), services: [svc],
+                                       tables: noise("server", pattern: c.pattern, privateKey: key.privateKey))
+                : FeatureConfig.client(remotePort: Ports.free(), services: [svc],
+                                       tables: noise("client", pattern: c.pattern, remotePublic: key.publicKey))
+            let p = rathole("refused-\(n)", config: config)
+            try p.start()
+            XCTAssertEqual(p.waitForExit(timeout: 10), .exited(1), c.pattern)
+            let line = FeatureSupport.lines(of: p.log, containing: "\(c.side).transport.noise.pattern").first ?? ""
+            XCTAssertTrue(line.contains(c.pattern) && line.contains(c.part), "\(c.pattern): one line naming the key: \(p.log)")
+        }
     }
 
     /// TLS with a client that trusts another CA: the handshake fails, nothing is forwarded.
@@ -254,5 +319,6 @@ final class EncryptedTransportTests: FeatureTestCase {
     func testTamperedCiphertextNoiseNK() throws { try checkTampering(.noiseNK) }
     func testTamperedCiphertextNoiseXX() throws { try checkTampering(.noiseXX) }
     func testTamperedCiphertextNoiseKK() throws { try checkTampering(.noiseKK) }
+    func testTamperedCiphertextNoiseAESGCM() throws { try checkTampering(.noiseNKAESGCM) }
     func testTamperedCiphertextTLS() throws { try checkTampering(.tls) }
 }
