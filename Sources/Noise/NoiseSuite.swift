@@ -21,7 +21,7 @@ public enum NoiseConstants {
 
 /// The cipher functions of the suites.
 public enum NoiseCipher: String, Sendable, Hashable, CaseIterable {
-    /// ChaCha20-Poly1305 (IETF) from libsodium; the nonce is 32 zero bits then n little-endian.
+    /// ChaCha20-Poly1305 (IETF) from OpenSSL; the nonce is 32 zero bits then n little-endian.
     case chaChaPoly = "ChaChaPoly"
     /// AES-256-GCM from OpenSSL (AES-NI); the nonce is 32 zero bits then n big-endian.
     case aesGCM = "AESGCM"
@@ -72,8 +72,8 @@ nonisolated(unsafe) private let noiseDigestBLAKE2b = fetchDigest("BLAKE2B-512")
 nonisolated(unsafe) private let noiseDigestSHA256 = fetchDigest("SHA256")
 nonisolated(unsafe) private let noiseDigestSHA512 = fetchDigest("SHA512")
 
-/// libsodium must be initialised before use: `sodium_init` also picks the fastest ChaCha20 and
-/// Poly1305 implementations for this CPU. This is the program's only call: Noise is the only user of
+/// libsodium (X25519, the key generator, base64) must be initialised before use: `sodium_init` also
+/// picks the fastest X25519 implementation for this CPU. This is the program's only call: Noise is the only user of
 /// libsodium. Swift runs a global's initialiser exactly once, thread-safely.
 let noiseSodiumInitialised: Bool = sodium_init() >= 0
 
