@@ -38,7 +38,7 @@ public enum TLSReadResult: Sendable, Equatable {
 /// already handed to a send is never moved by later appends.
 public final class TLSSession: @unchecked Sendable {
     private let ssl: OpaquePointer
-    private let io: OpaquePointer
+    private let io: TLSByteQueues
     private let isServer: Bool
     /// The host name the client verifies (for error messages).
     private let expectedHost: String?
@@ -54,7 +54,7 @@ public final class TLSSession: @unchecked Sendable {
         guard let ssl = SSL_new(context.ctx) else {
             throw .internalError(reason: TLSOpenSSLErrors.drain().reason(fallback: "SSL_new failed"))
         }
-        guard let io = rc_tls_io_attach(ssl) else {
+        guard let io = TLSMemoryBIO.attach(to: ssl) else {
             SSL_free(ssl)
             throw .internalError(reason: "cannot allocate the TLS buffers")
         }
@@ -86,7 +86,7 @@ public final class TLSSession: @unchecked Sendable {
             ERR_clear_error()
             throw .invalidHostname(context.hostname)
         }
-        guard let io = rc_tls_io_attach(ssl) else {
+        guard let io = TLSMemoryBIO.attach(to: ssl) else {
             SSL_free(ssl)
             throw .internalError(reason: "cannot allocate the TLS buffers")
         }
@@ -105,7 +105,7 @@ public final class TLSSession: @unchecked Sendable {
     /// Hands over ciphertext received from the peer (copied).
     public func feed(_ ciphertext: UnsafeRawBufferPointer) throws(TLSError) {
         guard let base = ciphertext.baseAddress, ciphertext.count > 0 else { return }
-        guard rc_tls_io_feed(io, base, ciphertext.count) == 1 else {
+        guard io.feed(UnsafeRawBufferPointer(start: base, count: ciphertext.count)) else {
             throw .internalError(reason: "cannot allocate \(ciphertext.count) bytes of input buffer")
         }
     }
@@ -121,27 +121,26 @@ public final class TLSSession: @unchecked Sendable {
     /// holds none, unless a receive into a reserved buffer is pending: for many mostly idle
     /// connections, receive into shared buffers and `feed` instead.
     public func reserveInput(minimumCapacity: Int = 64 * 1024) throws(TLSError) -> UnsafeMutableRawBufferPointer {
-        var available = 0
-        guard let p = rc_tls_io_reserve(io, max(minimumCapacity, 1), &available) else {
+        guard let space = io.reserve(max(minimumCapacity, 1)) else {
             throw .internalError(reason: "cannot allocate \(minimumCapacity) bytes of input buffer")
         }
-        return UnsafeMutableRawBufferPointer(start: p, count: available)
+        return space
     }
 
     /// Marks `count` bytes received into the last `reserveInput` buffer as input.
     public func commitInput(_ count: Int) {
         precondition(count >= 0)
-        rc_tls_io_commit(io, count)
+        io.commit(count)
     }
 
     /// The transport reached end of file: once buffered input is consumed, the session reports it.
     public func feedEOF() {
         eofFed = true
-        rc_tls_io_set_eof(io)
+        io.endInput()
     }
 
     /// Ciphertext received but not yet processed.
-    public var pendingInputCount: Int { rc_tls_io_input_pending(io) }
+    public var pendingInputCount: Int { io.inputPending }
 
     /// True when `read` may return bytes without new input: ciphertext not yet processed, or
     /// plaintext OpenSSL decrypted but has not handed out yet.
@@ -150,29 +149,25 @@ public final class TLSSession: @unchecked Sendable {
     // MARK: Output
 
     /// Ciphertext waiting to be sent, in total.
-    public var pendingOutputCount: Int { rc_tls_io_output_pending(io) }
+    public var pendingOutputCount: Int { io.outputPending }
 
     /// True when there is ciphertext to send.
-    public var hasPendingOutput: Bool { rc_tls_io_output_pending(io) > 0 }
+    public var hasPendingOutput: Bool { io.outputPending > 0 }
 
     /// The first contiguous run of ciphertext to send (empty when none). Valid until consumed, even if
     /// more output is appended meanwhile. There may be more after it: check `pendingOutputCount`.
-    public var pendingOutput: UnsafeRawBufferPointer {
-        var len = 0
-        let p = rc_tls_io_output_peek(io, &len)
-        return UnsafeRawBufferPointer(start: p, count: len)
-    }
+    public var pendingOutput: UnsafeRawBufferPointer { io.firstPendingRun }
 
     /// Drops `count` bytes from the front of the pending output (they were sent).
     public func consumeOutput(_ count: Int) {
         precondition(count >= 0)
-        rc_tls_io_output_consume(io, count)
+        io.consume(count)
     }
 
     /// Copies up to `buffer.count` bytes of pending output into `buffer`, consuming them.
     public func drainOutput(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         guard let base = buffer.baseAddress else { return 0 }
-        return rc_tls_io_output_copy(io, base, buffer.count)
+        return io.copyOut(into: base, count: buffer.count)
     }
 
     /// Takes all pending output as an array (convenient for tests and the handshake, not hot paths).
@@ -180,7 +175,7 @@ public final class TLSSession: @unchecked Sendable {
         let n = pendingOutputCount
         guard n > 0 else { return [] }
         return [UInt8](unsafeUninitializedCapacity: n) { buf, count in
-            count = rc_tls_io_output_copy(io, buf.baseAddress!, n)
+            count = io.copyOut(into: buf.baseAddress!, count: n)
         }
     }
 
@@ -310,7 +305,7 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     private func classifyFailure(code: Int32, inHandshake: Bool) -> TLSError {
-        if eofFed && rc_tls_io_input_pending(io) == 0 && (code == SSL_ERROR_WANT_READ || isUnexpectedEOF(code: code)) {
+        if eofFed && io.inputPending == 0 && (code == SSL_ERROR_WANT_READ || isUnexpectedEOF(code: code)) {
             return inHandshake ? .closedDuringHandshake : .protocolError(reason: "unexpected end of stream")
         }
         let errs = TLSOpenSSLErrors.drain()
