@@ -39,6 +39,8 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
     private var flushing = false
     private var flushWaiters: [UnsafeContinuation<Void, Never>] = []
     private var closed = false
+    /// The peer's FIN was read: nothing more can arrive.
+    private var peerFinished = false
 
     init(fd: Int32, ring: RingExecutor, session: Session) {
         self.fd = fd
@@ -114,12 +116,29 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
         Socket.close(fd)
     }
 
+    /// Reads and drops what the peer still sends after its close_notify (or after a websocket
+    /// close frame on top) until its FIN, so that closing does not reset the connection.
+    func closeWhenPeerDone(grace: Duration) async {
+        try? await ring.onRing { () async throws(IOError) in
+            let deadline = ContinuousClock.now + grace
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+            defer { scratch.deallocate() }
+            while !peerFinished && !closed {
+                let left = deadline - .now
+                guard left > .zero else { break }
+                if try await ring.recv(fd, into: scratch, timeout: left) == 0 { peerFinished = true }
+            }
+        }
+        close()
+    }
+
     /// Receives ciphertext into the session; returns the bytes received (0: the peer closed).
     private func fill(timeout: Duration?) async throws(IOError) -> Int {
         let space: UnsafeMutableRawBufferPointer
         do throws(TransportError) { space = try session.inputSpace() } catch { throw .system(Errno(ENOMEM), operation: error.description) }
         let n = try await ring.recv(fd, into: space, timeout: timeout)
         if n == 0 {
+            peerFinished = true
             session.inputEnded()
         } else {
             do throws(TransportError) { try session.commitInput(n) } catch { throw .system(Errno(EBADMSG), operation: error.description) }

@@ -16,6 +16,11 @@ public protocol ByteStream: AnyObject, Sendable {
     func shutdownWrite() async
     /// Releases the stream and its socket.
     func close()
+    /// Closes once the peer has finished sending (or after `grace`): a stream whose reading side
+    /// a protocol ended early (a TLS close_notify or websocket close frame, with the peer's last
+    /// bytes still on their way) must not close before they arrive, or the late bytes make the
+    /// kernel reset the connection, and the peer's kernel then drops what it had not yet read.
+    func closeWhenPeerDone(grace: Duration) async
     /// The socket when bytes pass through unchanged, so both ends of a relay can splice.
     var spliceableFD: Int32? { get }
     /// The underlying socket.
@@ -26,6 +31,9 @@ extension ByteStream {
     public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int {
         try await read(into: buffer, timeout: nil)
     }
+
+    /// A plain socket's reading side ends only at the peer's FIN: nothing can follow it.
+    public func closeWhenPeerDone(grace: Duration) async { close() }
 }
 
 /// A plain TCP socket as a ByteStream. Operations run on the calling task's ring when it is on

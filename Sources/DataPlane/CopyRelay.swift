@@ -5,6 +5,9 @@ import Glibc
 /// (encrypted or framed). Each direction borrows a shared buffer only while it holds bytes.
 /// FIN on one side becomes `shutdownWrite` on the other; an error closes both.
 public enum CopyRelay {
+    /// How long a finished relay waits for a peer's last bytes before closing anyway.
+    public static let lingerGrace: Duration = .seconds(2)
+
     /// Runs until both directions have ended or one failed; closes both streams. Call with the
     /// ring as the task's executor preference.
     public static func run(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor) async -> RelayResult {
@@ -24,8 +27,14 @@ public enum CopyRelay {
             }
             return (bytes, failure)
         }
-        a.close()
-        b.close()
+        if outcome.1 == nil {
+            async let first: Void = a.closeWhenPeerDone(grace: lingerGrace)
+            await b.closeWhenPeerDone(grace: lingerGrace)
+            await first
+        } else {
+            a.close()
+            b.close()
+        }
         var result = RelayResult(Completion(result: 0, flags: 0, bytes: outcome.0))
         switch outcome.1 {
         case .system(let e, _)?: result.error = e

@@ -147,6 +147,8 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
 
     func close() { inner.close() }
 
+    func closeWhenPeerDone(grace: Duration) async { await inner.closeWhenPeerDone(grace: grace) }
+
     // MARK: Reading
 
     private func copyDecoded(into buffer: UnsafeMutableRawBufferPointer) -> Int {
