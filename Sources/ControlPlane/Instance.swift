@@ -14,6 +14,7 @@ public final class Instance: Sendable {
     private let state: Mutex<State>
     private let reloads = Mutex<(running: Bool, pending: Bool)>((false, false))
     private let watcher = Mutex<Task<Void, Never>?>(nil)
+    private let onReload: @Sendable (Instance, ReloadEvent) -> Void
 
     /// How long the connections of a removed or changed service may go on.
     static let grace: Duration = .seconds(30)
@@ -24,8 +25,17 @@ public final class Instance: Sendable {
         var client: Client?
     }
 
-    /// Loads the file and starts. Errors are one line naming the file and key.
-    public init(path: String, forced: Mode?, group: RingGroup) throws(StartError) {
+    /// A reload as the supervisor (systemd) hears of it.
+    public enum ReloadEvent: Sendable {
+        case started
+        /// `rejected`: why the file was refused (the running config stays), nil when it was applied.
+        case finished(rejected: ConfigError?)
+    }
+
+    /// Loads the file and starts. Errors are one line naming the file and key. `onReload` hears
+    /// of every reload (file change or `reload()`), before and after.
+    public init(path: String, forced: Mode?, group: RingGroup,
+                onReload: @escaping @Sendable (Instance, ReloadEvent) -> Void = { _, _ in }) throws(StartError) {
         let config: Config
         do {
             config = try Config.load(path: path)
@@ -35,6 +45,7 @@ public final class Instance: Sendable {
         }
         self.path = path
         self.group = group
+        self.onReload = onReload
         let logger = Logger(label: "rathole::\(mode)")
         self.logger = logger
         var state = State(config: config)
@@ -55,6 +66,15 @@ public final class Instance: Sendable {
         let client = try Client(config: config, group: group, logger: logger)
         client.start()
         return client
+    }
+
+    /// The config in force.
+    public var config: Config { state.withLock { $0.config } }
+
+    /// Returns once the server's ports are bound (or known busy and being retried); a client's
+    /// control channels are started with it.
+    public func listening() async {
+        await state.withLock { $0.server }?.listening()
     }
 
     /// Follows the config file: reloads after it changed and stayed quiet for a moment.
@@ -88,8 +108,10 @@ public final class Instance: Sendable {
             return true
         }
         guard first else { return }
+        onReload(self, .started)
+        var rejected: ConfigError?
         while true {
-            await reloadOnce()
+            rejected = await reloadOnce()
             let again = reloads.withLock { r -> Bool in
                 if r.pending {
                     r.pending = false
@@ -98,18 +120,20 @@ public final class Instance: Sendable {
                 r.running = false
                 return false
             }
-            if !again { return }
+            if !again { break }
         }
+        onReload(self, .finished(rejected: rejected))
     }
 
-    private func reloadOnce() async {
+    /// Applies the file; returns why it was refused, if it was.
+    private func reloadOnce() async -> ConfigError? {
         let new: Config
-        do {
+        do throws(ConfigError) {
             new = try Config.load(path: path)
-            guard try new.mode(forced: mode) == mode else { return }
+            guard try new.mode(forced: mode) == mode else { return nil }
         } catch {
             logger.error("config not reloaded, the running one stays: \(error)")
-            return
+            return error
         }
         let current = state.withLock { $0 }
         switch mode {
@@ -117,6 +141,7 @@ public final class Instance: Sendable {
         case .client: apply(new.client!, over: current.config.client!, current.client!)
         }
         state.withLock { $0.config = new }
+        return nil
     }
 
     private func apply(_ new: ServerConfig, over old: ServerConfig, _ server: Server) async {

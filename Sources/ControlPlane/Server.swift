@@ -21,6 +21,8 @@ public final class Server: Sendable {
 
     private let controlListener = Mutex<Int32?>(nil)
     private let tasks = Mutex<[Task<Void, Never>]>([])
+    /// The first bind attempt of each service port of the config: `listening()` waits for them.
+    private let firstBinds: Countdown
 
     public init(config: ServerConfig, group: RingGroup, logger: Logger) throws(StartError) {
         self.config = config
@@ -29,7 +31,11 @@ public final class Server: Sendable {
         self.transport = try makeServerTransport(config.transport)
         self.hub = ServerHub(ring: group.executors[0], heartbeatInterval: config.heartbeatInterval, logger: logger)
         self.visitors = VisitorBudget.fitting(openFileLimit: Socket.openFileLimit)
+        self.firstBinds = Countdown(config.services.count)
     }
+
+    /// Returns once every service port of the config is bound, or known busy and being retried.
+    public func listening() async { await firstBinds.wait() }
 
     /// Binds the control port (failure is fatal: nothing would work, and a port another process
     /// holds is refused rather than shared) and starts every service. Control channels are
@@ -51,7 +57,9 @@ public final class Server: Sendable {
         Socket.setDeferAccept(listener, seconds: 1)
         controlListener.withLock { $0 = listener }
         logger.info("Listening at \(bind)")
-        let entries = config.services.values.sorted(by: { $0.name < $1.name }).map(startService)
+        let entries = config.services.values.sorted(by: { $0.name < $1.name }).map {
+            startService($0, onFirstBind: firstBinds.tick)
+        }
         spawn(on: hub.ring) {
             for entry in entries { await self.hub.register(entry) }
             for ring in self.group.executors {
@@ -65,6 +73,7 @@ public final class Server: Sendable {
     /// when the caller shuts the ring group down.
     public func shutdown() async {
         if let fd = controlListener.withLock({ $0.take() }) { Socket.closeListener(fd) }
+        firstBinds.release()
         tasks.withLock { $0.forEach { $0.cancel() } }
         await hub.closeAll()
     }
@@ -97,16 +106,16 @@ public final class Server: Sendable {
     }
 
     /// Starts a service's listener (or its UDP forwarder); the hub does not know it yet.
-    private func startService(_ service: ServerServiceConfig) -> ServiceEntry {
+    private func startService(_ service: ServerServiceConfig, onFirstBind: @escaping @Sendable () -> Void = {}) -> ServiceEntry {
         let entry = ServiceEntry(config: service, budget: visitors)
         switch service.type {
         case .tcp:
-            spawn(on: group.executors[0]) { await self.serveVisitors(of: entry) }
+            spawn(on: group.executors[0]) { await self.serveVisitors(of: entry, onFirstBind: onFirstBind) }
         case .udp:
             let ring = group.next()
             let forwarder = UDPServerForwarder(ring: ring, service: service, logger: logger)
             entry.udp = forwarder
-            spawn(on: ring) { await forwarder.run() }
+            spawn(on: ring) { await forwarder.run(onFirstBind: onFirstBind) }
         }
         return entry
     }

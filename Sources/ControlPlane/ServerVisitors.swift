@@ -5,20 +5,24 @@ import Glibc
 /// listener), and the pairing of each visitor with a data channel.
 extension Server {
     /// Binds the service's port (retrying while it is busy: another process holds it, say) and
-    /// accepts its visitors on every worker.
-    func serveVisitors(of entry: ServiceEntry) async {
+    /// accepts its visitors on every worker. `onFirstBind` runs once, after the first attempt.
+    func serveVisitors(of entry: ServiceEntry, onFirstBind: @Sendable () -> Void = {}) async {
         let service = entry.config
         let bind = service.bindAddr.socketAddress
         let ring = group.executors[0]
         var bound: Int32?
+        var attempted = false
         while bound == nil && !entry.closed {
             do {
                 bound = try Socket.listen(bind)
             } catch {
                 logger.error("service \(service.name): cannot listen on \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s")
+                if !attempted { onFirstBind() }
+                attempted = true
                 do { try await ring.sleep(for: .seconds(5)) } catch { return }
             }
         }
+        if !attempted { onFirstBind() }
         guard let listener = bound, entry.adoptListener(listener) else { return }
         // Accepted visitors inherit it.
         if service.nodelay { Socket.setNoDelay(listener, true) }

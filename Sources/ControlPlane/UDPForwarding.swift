@@ -141,17 +141,22 @@ final class UDPServerForwarder: @unchecked Sendable {
     }
 
     /// Binds the port (retrying while it is busy) and forwards visitors' datagrams until stopped.
-    func run() async {
+    /// `onFirstBind` runs once, after the first attempt to bind.
+    func run(onFirstBind: @Sendable () -> Void = {}) async {
         let bind = service.bindAddr.socketAddress
+        var attempted = false
         while !stopped {
             do {
                 fd = try UDP.bind(bind)
                 break
             } catch {
                 logger.error("service \(service.name): cannot bind udp \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s")
+                if !attempted { onFirstBind() }
+                attempted = true
                 do { try await ring.sleep(for: .seconds(5)) } catch { return }
             }
         }
+        if !attempted { onFirstBind() }
         guard fd >= 0 else { return }
         logger.info("service \(service.name): listening at udp \(bind)")
         defer { Socket.close(fd) }

@@ -38,14 +38,22 @@ enum Process {
             writeStderr("error: cannot start the io_uring workers: \(error)\n")
             return 1
         }
+        let supervisor = Supervisor.fromEnvironment()
         let instance: Instance
         do {
-            instance = try Instance(path: configPath, forced: forced, group: group)
+            instance = try Instance(path: configPath, forced: forced, group: group) { instance, event in
+                switch event {
+                case .started: supervisor.reloading()
+                case .finished(let rejected): supervisor.reloaded(instance.config, mode: instance.mode, rejected: rejected)
+                }
+            }
         } catch {
             writeStderr("error: \(error)\n")
             return 1
         }
+        waitFor { await instance.listening() }
         instance.watchConfigFile()
+        supervisor.ready(instance.config, mode: instance.mode)
         let logger = instance.logger
 
         while true {
@@ -57,6 +65,7 @@ enum Process {
                 continue
             }
             logger.info("shutting down")
+            supervisor.stopping()
             waitFor { await instance.shutdown() }
             group.shutdown()
             return 0
