@@ -1,3 +1,4 @@
+import CRatholeRing
 import Glibc
 
 /// systemd's notification protocol (sd_notify(3)) without libsystemd: each state change

@@ -9,7 +9,7 @@ struct Rathole: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rathole",
         abstract: "A reverse proxy for NAT traversal, compatible with rathole.",
-        version: "rathole-swift 0.1.0 (rathole protocol v1)"
+        version: "rathole-swift \(ratholeVersion) (rathole protocol v1)"
     )
 
     @Argument(help: "The configuration file (or, with --genkey, the curve: x25519).")
