@@ -197,8 +197,12 @@ static void relay_fail(rr_ring *ring, rr_relay *r, int err) {
         r->error = err;
         for (int d = 0; d < 2; d++) {
             if (r->dir[d].poll_armed) {
+                // An async cancel, not IORING_OP_POLL_REMOVE: a remove that meets a wakeup in
+                // progress fails with EALREADY, and when that wakeup brings no event the poll
+                // was asked for (our own shutdown(SHUT_WR) on the socket), the poll stays armed
+                // and the relay never ends. A cancel marks the poll cancelled either way.
                 struct io_uring_sqe *sqe = rr_ring_sqe(ring);
-                io_uring_prep_poll_remove(sqe, relay_ud(r, d));
+                io_uring_prep_cancel64(sqe, relay_ud(r, d), 0);
                 io_uring_sqe_set_data64(sqe, RR_UD_IGNORE);
             }
         }
