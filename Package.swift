@@ -38,7 +38,11 @@ let package = Package(
                 "CRatholeCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
-            ]
+            ],
+            // TOMLKit imports Foundation; without this, Foundation's extension members (its
+            // StringProtocol.contains, say) are visible here without an import, win overload
+            // resolution, and link Foundation and ICU: 42 MB more.
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
         .executableTarget(
             name: "rathole",

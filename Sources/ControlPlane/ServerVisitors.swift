@@ -1,5 +1,6 @@
 import DataPlane
 import Glibc
+import Logging
 
 /// A TCP service's public side: its listener, the accept loops (one per worker, on the one
 /// listener), and the pairing of each visitor with a data channel.
