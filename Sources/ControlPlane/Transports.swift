@@ -1,4 +1,5 @@
 import DataPlane
+import Noise
 
 /// The transport a server's `[server.transport]` asks for.
 func makeServerTransport(_ config: TransportConfig) throws(StartError) -> any Transport {
