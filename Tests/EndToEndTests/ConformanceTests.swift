@@ -5,6 +5,7 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
 /// Bytes copied from the transcripts (`NN-*.hex.txt`).
@@ -36,16 +37,15 @@ enum Recorded {
     static let heartBeat = hexBytes("01000000")
 }
 
-final class ConformanceTests: E2ETestCase {
+final class ConformanceTests: EndToEndCase {
     /// Our server with one service "echo" on a fresh public port.
     private func startOurServer(token: String, heartbeatInterval: Int? = nil) throws -> (server: RatholeProcess, control: UInt16, publicPort: UInt16) {
-        let control = Ports.free()
-        let publicPort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, token: token, services: [("echo", publicPort)],
-                                                            heartbeatInterval: heartbeatInterval))
+        var config = TunnelConfig(services: [ServiceSpec("echo", port: Ports.free(), localPort: 1)], token: token)
+        if let heartbeatInterval { config.serverKeys = ["heartbeat_interval = \(heartbeatInterval)"] }
+        let server = rathole("server", config: config.serverText)
         try server.start()
-        try waitServerReady(server, service: "echo")
-        return (server, control, publicPort)
+        try waitServerReady(server, config)
+        return (server, config.controlPort, config.services[0].port)
     }
 
     /// Sends the recorded control-channel Hello for "echo" and checks our server's Hello: 37 bytes,
@@ -225,9 +225,9 @@ final class ConformanceTests: E2ETestCase {
     /// control channels only once its services are registered (it once answered ServiceNotExist).
     func testServerKnowsItsServicesAsSoonAsTheControlPortOpens() throws {
         for round in 0..<50 {
-            let control = Ports.free()
-            let server = rathole("early-\(round)", config: serverConfig(controlPort: control, token: "early",
-                                                                       services: [("echo", Ports.free())]))
+            let config = TunnelConfig(services: [ServiceSpec("echo", port: Ports.free(), localPort: 1)], token: "early")
+            let control = config.controlPort
+            let server = rathole("early-\(round)", config: config.serverText)
             try server.start()
             var conn: Conn?
             let deadline = monoNow() + 10

@@ -4,9 +4,10 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
-final class HostileInputTests: E2ETestCase {
+final class HostileInputTests: EndToEndCase {
     private func tunnel() throws -> Tunnel {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)
@@ -149,16 +150,7 @@ final class HostileInputTests: E2ETestCase {
 
     /// The fd count once it has stopped moving (the data channel pool refills after a visitor).
     private func stableFDCount(_ p: RatholeProcess) throws -> Int {
-        var last = -1
-        var same = 0
-        let deadline = monoNow() + 10
-        while monoNow() < deadline {
-            guard let n = p.fdCount else { throw E2EError("\(p.name) is not running") }
-            if n == last { same += 1 } else { same = 0 }
-            last = n
-            if same >= 4 { return n }
-            sleepSeconds(0.1)
-        }
-        throw E2EError("\(p.name)'s fd count did not settle")
+        guard let n = settled({ p.fdCount }) else { throw TestFailure("\(p.name) is not running") }
+        return n
     }
 }

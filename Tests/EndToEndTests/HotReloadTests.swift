@@ -3,46 +3,46 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
-final class HotReloadTests: FeatureTestCase {
-    private func start(_ services: [FeatureService], symlinked: Bool = false)
+final class HotReloadTests: EndToEndCase {
+    private func start(_ services: [ServiceSpec], symlinked: Bool = false)
         throws -> (server: RatholeProcess, client: RatholeProcess, control: UInt16)
     {
-        let control = Ports.free()
-        let serverText = FeatureConfig.server(controlPort: control, services: services)
-        let clientText = FeatureConfig.client(remotePort: control, services: services)
+        let config = TunnelConfig(services: services)
         let server: RatholeProcess
         let client: RatholeProcess
         if symlinked {
-            server = try ratholeBehindSymlink("server", config: serverText).0
-            client = try ratholeBehindSymlink("client", config: clientText).0
+            server = try ratholeBehindSymlink("server", config: config.serverText).0
+            client = try ratholeBehindSymlink("client", config: config.clientText).0
         } else {
-            server = rathole("server", config: serverText)
-            client = rathole("client", config: clientText)
+            server = rathole("server", config: config.serverText)
+            client = rathole("client", config: config.clientText)
         }
         try server.start()
-        for s in services { try waitServerReady(server, service: s.name) }
+        try waitServerReady(server, config)
         try client.start()
-        for s in services { try waitClientReady(client, service: s.name) }
-        return (server, client, control)
+        try waitClientReady(client, server: server, config)
+        return (server, client, config.controlPort)
     }
 
-    private func echoService(_ name: String) throws -> (FeatureService, LocalService) {
+    private func echoService(_ name: String) throws -> (ServiceSpec, LocalService) {
         let echo = keep(try LocalService.echo())
-        return (FeatureService(name, port: Ports.free(), localPort: echo.port), echo)
+        return (ServiceSpec(name, port: Ports.free(), localPort: echo.port), echo)
     }
 
     /// Rewrites both files (server first) with `services`.
-    private func rewrite(_ server: RatholeProcess, _ client: RatholeProcess, control: UInt16, _ services: [FeatureService],
+    private func rewrite(_ server: RatholeProcess, _ client: RatholeProcess, control: UInt16, _ services: [ServiceSpec],
                          byRename: Bool = false, serverPath: String? = nil, clientPath: String? = nil) throws {
-        let write = byRename ? FeatureSupport.replaceByRename : FeatureSupport.rewriteInPlace
-        try write(serverPath ?? server.configPath, FeatureConfig.server(controlPort: control, services: services))
-        try write(clientPath ?? client.configPath, FeatureConfig.client(remotePort: control, services: services))
+        let write = byRename ? ConfigFile.replaceByRename : ConfigFile.rewriteInPlace
+        let config = TunnelConfig(controlPort: control, services: services)
+        try write(serverPath ?? server.configPath, config.serverText)
+        try write(clientPath ?? client.configPath, config.clientText)
     }
 
     private func assertForwardsWithin(_ seconds: Double, port: UInt16, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        let took = FeatureSupport.secondsUntilForwarding(port: port, timeout: max(seconds, 10))
+        let took = secondsUntilForwarding(port: port, timeout: max(seconds, 10))
         guard let took else {
             XCTFail("\(what): not forwarding 10 s after the edit", file: file, line: line)
             return
@@ -56,10 +56,10 @@ final class HotReloadTests: FeatureTestCase {
         let (long, longEcho) = try echoService("long")
         let (added, addedEcho) = try echoService("added")
         let (server, client, control) = try start([long])
-        let streamer = try FeatureStreamer(port: long.port)
-        featureCleanup { _ = streamer.stop() }
+        let streamer = try Streamer(port: long.port)
+        cleanup { streamer.stop() }
         XCTAssertTrue(waitUntil(timeout: 20) { streamer.bytes >= 4 << 20 || streamer.error != nil }, "the long transfer is under way")
-        XCTAssertFalse(FeatureSupport.tcpListening(port: added.port))
+        XCTAssertFalse(ProcFS.tcpListening(port: added.port))
 
         try rewrite(server, client, control: control, [long, added])
         assertForwardsWithin(2, port: added.port, "the added service")
@@ -87,7 +87,7 @@ final class HotReloadTests: FeatureTestCase {
         let (a, aEcho) = try echoService("a")
         let (b, _) = try echoService("b")
         let (server, client, control) = try start([a, b])
-        XCTAssertTrue(FeatureSupport.tcpListening(port: b.port))
+        XCTAssertTrue(ProcFS.tcpListening(port: b.port))
         try echoOnce(port: b.port, payload: Array("b before".utf8))
         let open = try Conn.connect(port: a.port)
         defer { open.close() }
@@ -95,7 +95,7 @@ final class HotReloadTests: FeatureTestCase {
         XCTAssertEqual(try open.readExact(11, timeout: 10), Array("first half;".utf8))
 
         try rewrite(server, client, control: control, [a])
-        XCTAssertTrue(waitUntil(timeout: 5) { !FeatureSupport.tcpListening(port: b.port) }, "b's port still listens")
+        XCTAssertTrue(waitUntil(timeout: 5) { !ProcFS.tcpListening(port: b.port) }, "b's port still listens")
         XCTAssertThrowsError(try Conn.connect(port: b.port), "connecting to the removed service must be refused")
         XCTAssertTrue(server.waitForLog("service b removed", timeout: 5))
         XCTAssertTrue(client.waitForLog("service b removed", timeout: 5))
@@ -112,20 +112,21 @@ final class HotReloadTests: FeatureTestCase {
 
     func testTokenChangedOnBothSidesReconnects() throws {
         let echo = keep(try LocalService.echo())
-        var svc = FeatureService("svc", port: Ports.free(), localPort: echo.port, token: "old-token")
+        var svc = ServiceSpec("svc", port: Ports.free(), localPort: echo.port, token: "old-token")
         let (server, client, control) = try start([svc])
         try echoOnce(port: svc.port, payload: Array("with the old token".utf8))
 
+        let before = server.connections(acceptedOn: control)
         svc.token = "new-token"
         try rewrite(server, client, control: control, [svc])
-        try waitClientReady(client, service: "svc", count: 2, timeout: 10)
+        try waitClientReady(client, server: server, TunnelConfig(controlPort: control, services: [svc]), since: before)
         XCTAssertTrue(server.waitForLog("service svc changed", timeout: 5))
         XCTAssertTrue(client.waitForLog("service svc changed", timeout: 5))
-        XCTAssertNotNil(FeatureSupport.secondsUntilForwarding(port: svc.port, timeout: 10), "forwarding with the new token")
+        XCTAssertNotNil(secondsUntilForwarding(port: svc.port, timeout: 10), "forwarding with the new token")
         try echoOnce(port: svc.port, payload: Array("with the new token".utf8))
 
         // The server now refuses the old token (a hand-made client; a refused one replaces nobody).
-        let (c, ack, _) = try FeatureRawClient.handshake(port: control, service: "svc", token: "old-token")
+        let (c, ack, _) = try RawClient.handshake(port: control, service: "svc", token: "old-token")
         c.close()
         XCTAssertEqual(ack, 2, "the old token must be refused (AuthFailed)")
         try echoOnce(port: svc.port, payload: Array("still forwarding".utf8))
@@ -143,15 +144,15 @@ final class HotReloadTests: FeatureTestCase {
         XCTAssertEqual(try open.readExact(6, timeout: 10), Array("ping 1".utf8))
 
         // Server: a port out of range. Client: a key that does not exist.
-        let badServer = FeatureConfig.server(controlPort: control, services: [svc])
-            .replacingOccurrences(of: "127.0.0.1:\(svc.port)", with: "127.0.0.1:99999")
-        let badClient = FeatureConfig.client(remotePort: control, services: [svc]) + "colour = \"red\"\n"
+        let good = TunnelConfig(controlPort: control, services: [svc])
+        let badServer = good.serverText.replacingOccurrences(of: "127.0.0.1:\(svc.port)", with: "127.0.0.1:99999")
+        let badClient = good.clientText + "colour = \"red\"\n"
         XCTAssertTrue(badClient.hasSuffix("local_addr = \"127.0.0.1:\(echo.port)\"\ncolour = \"red\"\n"))
-        try FeatureSupport.rewriteInPlace(server.configPath, badServer)
-        try FeatureSupport.rewriteInPlace(client.configPath, badClient)
+        try ConfigFile.rewriteInPlace(server.configPath, badServer)
+        try ConfigFile.rewriteInPlace(client.configPath, badClient)
         for (p, key) in [(server, "server.services.svc.bind_addr"), (client, "client.services.svc.colour")] {
             XCTAssertTrue(p.waitForLog("config not reloaded", timeout: 5), "\(p.name): no error logged for the invalid edit")
-            let lines = FeatureSupport.lines(of: p.log, containing: "config not reloaded")
+            let lines = p.lines(containing: "config not reloaded")
             XCTAssertEqual(lines.count, 1, "\(p.name): \(lines)")
             let line = lines.first ?? ""
             XCTAssertTrue(line.contains("ERROR"), "\(p.name): \(line)")
@@ -195,7 +196,7 @@ final class HotReloadTests: FeatureTestCase {
             XCTAssertTrue(p.waitForLog("SIGHUP: reloading", timeout: 5), "\(p.name) logs the SIGHUP")
             XCTAssertEqual(p.occurrences(of: "service hup added"), 1, "\(p.name): added once")
             // The client may reach the server before the server has reloaded: that refusal is fine.
-            let errors = FeatureSupport.lines(of: p.log, containing: "ERROR").filter { !$0.contains("does not know this service") }
+            let errors = p.lines(containing: "ERROR").filter { !$0.contains("does not know this service") }
             XCTAssertEqual(errors, [], "\(p.name) logged errors")
         }
         for port in [svc.port, renamed.port, hup.port] {
@@ -213,7 +214,7 @@ final class HotReloadTests: FeatureTestCase {
         let realClient = dir + "/real/client.toml"
         try rewrite(server, client, control: control, [svc, hup], serverPath: realServer, clientPath: realClient)
         sleepSeconds(1.5)
-        XCTAssertFalse(FeatureSupport.tcpListening(port: hup.port), "reloaded without SIGHUP (the test needs the watcher not to see it)")
+        XCTAssertFalse(ProcFS.tcpListening(port: hup.port), "reloaded without SIGHUP (the test needs the watcher not to see it)")
         XCTAssertEqual(server.occurrences(of: "service hup added"), 0)
 
         server.signal(SIGHUP)
