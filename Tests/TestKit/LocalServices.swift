@@ -1,5 +1,6 @@
 // Small TCP services behind the client, one thread per connection: echo, sink (counts and hashes),
-// source (sends and closes), half-close, a recorder, or any handler a test writes.
+// source (sends and closes), half-close, a recorder, or any handler a test writes; and an echo
+// service on one thread with poll(2) for thousands of connections.
 import ControlPlane
 import Glibc
 
@@ -122,5 +123,51 @@ public final class Recorder: Sendable {
             }
             finished.withLock { $0 += 1 }
         }
+    }
+}
+
+/// An echo service on one thread with poll(2): thousands of connections without a thread each.
+public final class PollingEcho: @unchecked Sendable {   // `stopped` is locked; the thread owns the rest
+    public let listener: Listener
+    public var port: UInt16 { listener.port }
+    private let stopped = Locked(false)
+
+    public init() throws {
+        let listener = try Listener()
+        self.listener = listener
+        let stopped = self.stopped
+        spawnThread {
+            var conns: [Int32] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while !stopped.get {
+                var fds = [pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0)]
+                fds += conns.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                guard poll(&fds, nfds_t(fds.count), 100) > 0 else { continue }
+                if fds[0].revents != 0 {
+                    while true {
+                        let fd = acceptCloexec(listener.fd)
+                        if fd < 0 { break }
+                        conns.append(fd)
+                    }
+                }
+                var closed = Set<Int32>()
+                for p in fds.dropFirst() where p.revents != 0 {
+                    let n = recv(p.fd, &buffer, buffer.count, 0)
+                    if n > 0 {
+                        _ = Glibc.send(p.fd, buffer, n, Int32(MSG_NOSIGNAL))
+                    } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                        Glibc.close(p.fd)
+                        closed.insert(p.fd)
+                    }
+                }
+                if !closed.isEmpty { conns.removeAll { closed.contains($0) } }
+            }
+            conns.forEach { Glibc.close($0) }
+        }
+    }
+
+    public func stop() {
+        stopped.withLock { $0 = true }
+        listener.shutdown()
     }
 }
