@@ -164,60 +164,71 @@ final class TunnelTests: EndToEndCase {
                       "server sockets: \(serverSockets ?? -1) before the restarts, \(t.server.socketCount ?? -1) after (leaked?)")
     }
 
-    /// SIGSTOP freezes the server: the client's heartbeat timeout (2 s; the server beats every 1 s)
-    /// fires and it reconnects; after SIGCONT forwarding works again.
+    /// Heartbeats every second keep an idle control channel alive past twice the client's 4 s
+    /// timeout (the server holds the same connections throughout); SIGSTOP freezes the server, the
+    /// client's timeout fires (not before the timeout) and it reconnects; after SIGCONT forwarding
+    /// works again and the abandoned session is cleaned up on both sides.
     func testFrozenServerDetectedByHeartbeatTimeout() throws {
         let echo = keep(try LocalService.echo())
-        let t = try startTunnel(local: echo, serverKeys: ["heartbeat_interval = 1"], clientKeys: ["heartbeat_timeout = 2"])
+        let t = try startTunnel(local: echo, serverKeys: ["heartbeat_interval = 1"], clientKeys: ["heartbeat_timeout = 4"])
         try echoOnce(port: t.publicPort, payload: Array("before the freeze".utf8))
         let serverSockets = settled { t.server.socketCount }
         let clientSockets = settled { t.client.socketCount }
-        // Heartbeats keep an idle control channel alive past the timeout.
-        sleepSeconds(3)
-        XCTAssertEqual(t.client.occurrences(of: "no heartbeat"), 0, "heartbeats every 1 s must satisfy a 2 s timeout")
-        let frozen = channels(of: t.server, t.config)
+        let idle = channels(of: t.server, t.config)
+        sleepSeconds(8)   // twice the timeout, idle: only the heartbeats keep the channel
+        XCTAssertEqual(t.client.occurrences(of: "no heartbeat"), 0, "heartbeats every 1 s must satisfy a 4 s timeout")
+        XCTAssertTrue(channels(of: t.server, t.config).isSuperset(of: idle), "the idle control channel was replaced")
+
         t.server.signal(SIGSTOP)
-        let detected = t.client.waitForLog("no heartbeat", timeout: 10)
+        let frozenAt = monoNow()
+        let detected = t.client.waitForLog("no heartbeat", timeout: 30)
+        let detectedAfter = monoNow() - frozenAt
         t.server.signal(SIGCONT)
         XCTAssertTrue(detected, "the client did not log a heartbeat timeout while the server was frozen")
-        try waitClientReady(t.client, server: t.server, t.config, since: frozen)
-        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works after SIGCONT")
-        // The abandoned session is cleaned up on both sides.
-        XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
+        // The last heartbeat came at most 1 s before the freeze.
+        XCTAssertGreaterThan(detectedAfter, 3, "the client gave up before its 4 s heartbeat timeout")
+        try waitClientReady(t.client, server: t.server, t.config, since: idle)
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 30), "forwarding works after SIGCONT")
+        XCTAssertTrue(waitUntil(timeout: 20) { t.server.socketCount == serverSockets },
                       "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
-        XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
+        XCTAssertTrue(waitUntil(timeout: 20) { t.client.socketCount == clientSockets },
                       "client sockets: \(clientSockets ?? -1) before the freeze, \(t.client.socketCount ?? -1) after")
     }
 
-    /// SIGSTOP freezes the client while visitors keep arriving: the server stays up and closes the
-    /// visitors it cannot serve; after SIGCONT the client works off the backlog of requests and new
-    /// visitors are forwarded, and the channels opened for visitors long gone do not pile up.
+    /// SIGSTOP freezes the client while 60 visitors arrive: those that find an idle data channel are
+    /// relayed into the frozen client and stay open; every other one is closed once no channel has
+    /// arrived for the 10 s patience, and not before. After SIGCONT new visitors are forwarded, and
+    /// the channels opened for visitors long gone do not pile up.
     func testFrozenClientRecoversAfterSIGCONT() throws {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)
         try echoOnce(port: t.publicPort, payload: Array("before the freeze".utf8))
         let serverSockets = settled { t.server.socketCount }
+        let pooled = settled { channels(of: t.server, t.config).count } - 1   // less the control channel
+        XCTAssertGreaterThanOrEqual(pooled, 8, "idle data channels before the freeze")
         t.client.signal(SIGSTOP)
-        // 60 visitors: the first few take pooled channels whose client end is frozen, the rest wait.
+        let frozenAt = monoNow()
         let stranded = try (0..<60).map { i -> Conn in
             let c = try Conn.connect(port: t.publicPort)
             try c.send(Array("stranded \(i)".utf8))
             return c
         }
-        sleepSeconds(12)   // past the 10 s a visitor may wait for a channel
+        var closed: [Int: Double] = [:]
+        let allClosed = waitUntil(timeout: 45, interval: 0.1) {
+            for (i, c) in stranded.enumerated() where closed[i] == nil && c.peerClosed { closed[i] = monoNow() - frozenAt }
+            return closed.count >= 60 - pooled
+        }
         XCTAssertTrue(t.server.isRunning)
-        let closed = stranded.filter { c in
-            switch c.readSome(timeout: 0.5) {
-            case .eof, .error: return true
-            case .data, .timeout: return false
-            }
-        }.count
-        XCTAssertGreaterThanOrEqual(closed, 40, "visitors waiting for a channel are closed after 10 s")
+        XCTAssertTrue(allClosed, "visitors closed: \(closed.count), expected the \(60 - pooled) without a channel")
+        XCTAssertGreaterThan(closed.values.min() ?? 0, 9.5, "a waiting visitor was closed before the 10 s patience")
+        XCTAssertFalse(stranded.enumerated().contains { closed[$0.offset] == nil && $0.element.peerClosed },
+                       "the visitors relayed into the frozen client stay open")
+        XCTAssertEqual(stranded.count - closed.count, pooled, "visitors relayed into the frozen client")
         t.client.signal(SIGCONT)
         stranded.forEach { $0.close() }
-        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works after SIGCONT")
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 30), "forwarding works after SIGCONT")
         for i in 0..<20 { try echoOnce(port: t.publicPort, payload: Array("after the freeze \(i)".utf8)) }
-        XCTAssertTrue(waitUntil(timeout: 15) { (t.server.socketCount ?? .max) <= (serverSockets ?? 0) + 8 },
+        XCTAssertTrue(waitUntil(timeout: 30) { (t.server.socketCount ?? .max) <= (serverSockets ?? 0) + 8 },
                       "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
         XCTAssertTrue(t.server.isRunning && t.client.isRunning)
     }
