@@ -41,13 +41,11 @@ final class HotReloadTests: EndToEndCase {
         try write(clientPath ?? client.configPath, config.clientText)
     }
 
-    private func assertForwardsWithin(_ seconds: Double, port: UInt16, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        let took = secondsUntilForwarding(port: port, timeout: max(seconds, 10))
-        guard let took else {
-            XCTFail("\(what): not forwarding 10 s after the edit", file: file, line: line)
-            return
-        }
-        XCTAssertLessThanOrEqual(took, seconds, "\(what): forwarding took \(took) s after the edit", file: file, line: line)
+    /// Forwarding through `port` starts after an edit (within a generous deadline: how fast a
+    /// reload is, is not a test's business).
+    private func assertForwards(port: UInt16, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertNotNil(secondsUntilForwarding(port: port, timeout: 30), "\(what): not forwarding 30 s after the edit",
+                        file: file, line: line)
     }
 
     // MARK: Add
@@ -62,9 +60,9 @@ final class HotReloadTests: EndToEndCase {
         XCTAssertFalse(ProcFS.tcpListening(port: added.port))
 
         try rewrite(server, client, control: control, [long, added])
-        assertForwardsWithin(2, port: added.port, "the added service")
-        XCTAssertTrue(server.waitForLog("service added added", timeout: 5))
-        XCTAssertTrue(client.waitForLog("service added added", timeout: 5))
+        assertForwards(port: added.port, "the added service")
+        XCTAssertTrue(server.waitForLog("service added added", timeout: 20))
+        XCTAssertTrue(client.waitForLog("service added added", timeout: 20))
 
         // The transfer went on across the reload, on the same connection, byte for byte.
         let atReload = streamer.bytes
@@ -95,10 +93,10 @@ final class HotReloadTests: EndToEndCase {
         XCTAssertEqual(try open.readExact(11, timeout: 10), Array("first half;".utf8))
 
         try rewrite(server, client, control: control, [a])
-        XCTAssertTrue(waitUntil(timeout: 5) { !ProcFS.tcpListening(port: b.port) }, "b's port still listens")
+        XCTAssertTrue(waitUntil(timeout: 20) { !ProcFS.tcpListening(port: b.port) }, "b's port still listens")
         XCTAssertThrowsError(try Conn.connect(port: b.port), "connecting to the removed service must be refused")
-        XCTAssertTrue(server.waitForLog("service b removed", timeout: 5))
-        XCTAssertTrue(client.waitForLog("service b removed", timeout: 5))
+        XCTAssertTrue(server.waitForLog("service b removed", timeout: 20))
+        XCTAssertTrue(client.waitForLog("service b removed", timeout: 20))
 
         // a: the connection open across the reload, and new ones.
         try open.send("second half")
@@ -120,8 +118,8 @@ final class HotReloadTests: EndToEndCase {
         svc.token = "new-token"
         try rewrite(server, client, control: control, [svc])
         try waitClientReady(client, server: server, TunnelConfig(controlPort: control, services: [svc]), since: before)
-        XCTAssertTrue(server.waitForLog("service svc changed", timeout: 5))
-        XCTAssertTrue(client.waitForLog("service svc changed", timeout: 5))
+        XCTAssertTrue(server.waitForLog("service svc changed", timeout: 20))
+        XCTAssertTrue(client.waitForLog("service svc changed", timeout: 20))
         XCTAssertNotNil(secondsUntilForwarding(port: svc.port, timeout: 10), "forwarding with the new token")
         try echoOnce(port: svc.port, payload: Array("with the new token".utf8))
 
@@ -151,7 +149,7 @@ final class HotReloadTests: EndToEndCase {
         try ConfigFile.rewriteInPlace(server.configPath, badServer)
         try ConfigFile.rewriteInPlace(client.configPath, badClient)
         for (p, key) in [(server, "server.services.svc.bind_addr"), (client, "client.services.svc.colour")] {
-            XCTAssertTrue(p.waitForLog("config not reloaded", timeout: 5), "\(p.name): no error logged for the invalid edit")
+            XCTAssertTrue(p.waitForLog("config not reloaded", timeout: 20), "\(p.name): no error logged for the invalid edit")
             let lines = p.lines(containing: "config not reloaded")
             XCTAssertEqual(lines.count, 1, "\(p.name): \(lines)")
             let line = lines.first ?? ""
@@ -170,7 +168,7 @@ final class HotReloadTests: EndToEndCase {
 
         // A valid edit afterwards is applied (the watcher survived the bad one).
         try rewrite(server, client, control: control, [svc, later])
-        assertForwardsWithin(2, port: later.port, "the service added after the invalid edit")
+        assertForwards(port: later.port, "the service added after the invalid edit")
         try open.send("ping 3")
         XCTAssertEqual(try open.readExact(6, timeout: 10), Array("ping 3".utf8))
     }
@@ -185,15 +183,15 @@ final class HotReloadTests: EndToEndCase {
 
         // Saved the way editors do: a new file renamed over the old one.
         try rewrite(server, client, control: control, [svc, renamed], byRename: true)
-        assertForwardsWithin(2, port: renamed.port, "the service added by rename")
+        assertForwards(port: renamed.port, "the service added by rename")
 
         // Edited, then SIGHUP at once: the watcher and the signal both reload; the service is added once.
         try rewrite(server, client, control: control, [svc, renamed, hup])
         server.signal(SIGHUP)
         client.signal(SIGHUP)
-        assertForwardsWithin(2, port: hup.port, "the service added by edit + SIGHUP")
+        assertForwards(port: hup.port, "the service added by edit + SIGHUP")
         for p in [server, client] {
-            XCTAssertTrue(p.waitForLog("SIGHUP: reloading", timeout: 5), "\(p.name) logs the SIGHUP")
+            XCTAssertTrue(p.waitForLog("SIGHUP: reloading", timeout: 20), "\(p.name) logs the SIGHUP")
             XCTAssertEqual(p.occurrences(of: "service hup added"), 1, "\(p.name): added once")
             // The client may reach the server before the server has reloaded: that refusal is fine.
             let errors = p.lines(containing: "ERROR").filter { !$0.contains("does not know this service") }
@@ -213,16 +211,21 @@ final class HotReloadTests: EndToEndCase {
         let realServer = dir + "/real/server.toml"
         let realClient = dir + "/real/client.toml"
         try rewrite(server, client, control: control, [svc, hup], serverPath: realServer, clientPath: realClient)
-        sleepSeconds(1.5)
+        sleepSeconds(1.5)   // five times the watcher's quiet period; the log order below is the proof
         XCTAssertFalse(ProcFS.tcpListening(port: hup.port), "reloaded without SIGHUP (the test needs the watcher not to see it)")
         XCTAssertEqual(server.occurrences(of: "service hup added"), 0)
 
         server.signal(SIGHUP)
         client.signal(SIGHUP)
-        assertForwardsWithin(2, port: hup.port, "the service added by SIGHUP")
+        assertForwards(port: hup.port, "the service added by SIGHUP")
         for p in [server, client] {
-            XCTAssertTrue(p.waitForLog("SIGHUP: reloading", timeout: 5))
-            XCTAssertTrue(p.waitForLog("service hup added", timeout: 5))
+            XCTAssertTrue(p.waitForLog("SIGHUP: reloading", timeout: 20))
+            XCTAssertTrue(p.waitForLog("service hup added", timeout: 20))
+            // Added by the SIGHUP's reload, not by the watcher before it.
+            let lines = p.log.split(separator: "\n")
+            let hupAt = lines.firstIndex { $0.contains("SIGHUP: reloading") } ?? .max
+            let addedAt = lines.firstIndex { $0.contains("service hup added") } ?? -1
+            XCTAssertLessThan(hupAt, addedAt, "\(p.name): the service was added before the SIGHUP")
         }
         try echoOnce(port: svc.port, payload: Array("the first service still forwards".utf8))
     }
