@@ -130,6 +130,100 @@ final class HotReloadTests: EndToEndCase {
         try echoOnce(port: svc.port, payload: Array("still forwarding".utf8))
     }
 
+    /// default_token changes on both sides: the services that use it restart with it (and the old
+    /// one is refused), a service with its own token is left alone, its transfer going on.
+    func testDefaultTokenChangeRestartsTheServicesThatUseIt() throws {
+        let (a, _) = try echoService("a")
+        let (b, bEcho) = try echoService("b")
+        var config = TunnelConfig(services: [a, b], token: "old-default")
+        config.services[1].token = "own-b"
+        let (server, client) = try start(config)
+        let streamer = try Streamer(port: b.port)
+        cleanup { streamer.stop() }
+        XCTAssertTrue(streamer.waitForProgress(2 << 20), "the transfer through b is under way: \(streamer.error ?? "stalled")")
+
+        let before = channels(of: server, config)
+        config.serverToken = "new-default"
+        config.clientToken = "new-default"
+        try ConfigFile.rewriteInPlace(server.configPath, config.serverText)
+        try ConfigFile.rewriteInPlace(client.configPath, config.clientText)
+        try waitClientReady(client, server: server, config, since: before, count: 1 + a.poolSize)
+        for p in [server, client] {
+            XCTAssertTrue(p.waitForLog("service a changed", timeout: 20), "\(p.name) restarts a")
+            XCTAssertEqual(p.occurrences(of: "service b changed"), 0, "\(p.name) restarted b, which has its own token")
+        }
+        XCTAssertNotNil(secondsUntilForwarding(port: a.port, timeout: 30), "a forwards with the new default token")
+        let (c, ack, _) = try RawClient.handshake(port: config.controlPort, service: "a", token: "old-default")
+        c.close()
+        XCTAssertEqual(ack, 2, "the old default token must be refused (AuthFailed)")
+        XCTAssertTrue(streamer.waitForProgress(4 << 20), "b's transfer goes on: \(streamer.error ?? "stalled")")
+        XCTAssertNil(streamer.stop().error)
+        XCTAssertEqual(bEcho.accepted, 1, "b's local connection was never replaced")
+    }
+
+    /// The top-level retry_interval (the cap of the reconnect backoff) changes from 1 s to 4 s
+    /// while the server refuses every control channel: the service restarts, and the client's
+    /// attempts (seen as connections on the server's port) spread out past what 1 s allowed.
+    func testRetryIntervalChange() throws {
+        let refuser = try Listener()
+        let attempts = Locked<[Double]>([])
+        spawnThread {
+            while let fd = refuser.acceptBlocking() {
+                attempts.withLock { $0.append(monoNow()) }
+                close(fd)
+            }
+        }
+        cleanup { refuser.shutdown() }
+        var config = TunnelConfig(controlPort: refuser.port, services: [ServiceSpec("svc", port: 1, localPort: 9)])
+        config.clientKeys = ["retry_interval = 1"]
+        let client = rathole("client", config: config.clientText)
+        try client.start()
+        func gaps(_ times: [Double]) -> [Double] { zip(times, times.dropFirst()).map { $1 - $0 } }
+        // Backoff from 100 ms doubles up to the cap: by the eighth attempt it is at 1 s.
+        XCTAssertTrue(waitUntil(timeout: 30) { attempts.get.count >= 12 }, "the client keeps trying: \(attempts.get.count) attempts")
+        let capped = gaps(Array(attempts.get.suffix(5)))
+        XCTAssertGreaterThanOrEqual(capped.filter { $0 < 1.5 }.count, 3, "with retry_interval = 1 the attempts come about every second: \(capped)")
+
+        config.clientKeys = ["retry_interval = 4"]
+        try ConfigFile.rewriteInPlace(client.configPath, config.clientText)
+        XCTAssertTrue(client.waitForLog("service svc changed", timeout: 20), "the service restarts with the new cap")
+        let changedAt = monoNow()
+        // Up to 4 s, drawn from the upper half of each step: past the ramp, gaps of 2 s and more.
+        let spread = waitUntil(timeout: 40) {
+            gaps(attempts.get.filter { $0 > changedAt }).contains { $0 >= 2 }
+        }
+        XCTAssertTrue(spread, "no gap of 2 s between attempts after the reload: \(gaps(attempts.get.filter { $0 > changedAt }))")
+        XCTAssertTrue(client.isRunning)
+    }
+
+    /// A removed service's relays get the reload grace to finish (30 s; 6 s here through
+    /// RATHOLE_RELOAD_GRACE_SECS), then they are stopped; its port closes at once.
+    func testRemovedServiceRelaysGetTheGraceThenStop() throws {
+        let grace = 6.0
+        let (kept, _) = try echoService("kept")
+        let (gone, _) = try echoService("gone")
+        var config = TunnelConfig(services: [kept, gone])
+        let (server, client) = try start(config, environment: ["RATHOLE_RELOAD_GRACE_SECS": "\(Int(grace))"])
+        let streamer = try Streamer(port: gone.port)
+        cleanup { streamer.stop() }
+        XCTAssertTrue(streamer.waitForProgress(2 << 20), "the transfer through the service is under way: \(streamer.error ?? "stalled")")
+
+        config.services.removeLast()
+        let editedAt = monoNow()
+        try ConfigFile.rewriteInPlace(server.configPath, config.serverText)
+        try ConfigFile.rewriteInPlace(client.configPath, config.clientText)
+        XCTAssertTrue(server.waitForLog("service gone removed", timeout: 20))
+        XCTAssertTrue(client.waitForLog("service gone removed", timeout: 20))
+        XCTAssertTrue(waitUntil(timeout: 20) { !server.listens(onTCP: gone.port) }, "the removed service's port still listens")
+        let atRemoval = streamer.bytes
+        XCTAssertTrue(waitUntil(timeout: 40) { streamer.error != nil }, "the relay of the removed service was never stopped")
+        let stoppedAfter = monoNow() - editedAt
+        let moved = streamer.stop().bytes - atRemoval
+        XCTAssertGreaterThan(stoppedAfter, grace, "stopped before the grace was over")
+        XCTAssertGreaterThan(moved, 256 << 10, "the transfer went on during the grace (\(moved) bytes)")
+        XCTAssertNotNil(secondsUntilForwarding(port: kept.port, timeout: 10), "the other service is untouched")
+    }
+
     // MARK: Invalid edits
 
     func testInvalidEditIgnoredWithOneLineErrorNamingTheKey() throws {

@@ -72,8 +72,12 @@ open class EndToEndCase: XCTestCase {
 
     /// A rathole process with its config in <dir>/<name>.toml (not started).
     public func rathole(_ name: String, config: String, arguments: [String] = []) -> RatholeProcess {
-        let path = writeFile("\(name).toml", config)
-        let p = RatholeProcess(name: name, configPath: path, dir: dir, arguments: arguments)
+        rathole(name, configPath: writeFile("\(name).toml", config), arguments: arguments)
+    }
+
+    /// A rathole process on a config file that exists already (several processes may share one).
+    public func rathole(_ name: String, configPath: String, arguments: [String] = []) -> RatholeProcess {
+        let p = RatholeProcess(name: name, configPath: configPath, dir: dir, arguments: arguments)
         processes.append(p)
         return p
     }
