@@ -19,11 +19,12 @@ final class UDPTests: EndToEndCase {
 
     /// A server and a client with one UDP service `name` in front of a UDP echo service; returns
     /// once a datagram has made the round trip.
-    private func startUDPTunnel(name: String = "uecho", ipv6: Bool = false) throws -> UDPTunnel {
+    private func startUDPTunnel(name: String = "uecho", ipv6: Bool = false, transport: TransportTables? = nil) throws -> UDPTunnel {
         let echo = keep(try UDPEcho(ipv6: ipv6))
         let host = Loopback.host(ipv6: ipv6)
         let service = ServiceSpec(name, type: "udp", port: Ports.freeUDP(ipv6: ipv6), localPort: echo.port, bindHost: host, localHost: host)
-        let config = TunnelConfig(services: [service])
+        var config = TunnelConfig(services: [service])
+        if let transport { config.transport = transport }
         let (server, client) = try start(config)
         let t = UDPTunnel(server: server, client: client, config: config, echo: echo)
         try waitUDPForwarding(t, ipv6: ipv6)
@@ -238,6 +239,32 @@ final class UDPTests: EndToEndCase {
         }
         XCTAssertEqual(t.echo.senders.count - sendersBefore, 8, "one local socket per IPv6 visitor")
     }
+
+    // MARK: Encrypted transports
+
+    /// UDP services over Noise and TLS: datagrams of every size come back whole, and 20 visitors
+    /// at once each get only their own replies.
+    private func checkEncrypted(_ kind: TransportKind) throws {
+        let t = try startUDPTunnel(name: "u\(kind.rawValue)", transport: try Transports.tables(kind, dir: dir))
+        let visitor = try UDPSocket()
+        for (i, size) in [1, 1472, 9000, 65507].enumerated() {
+            let payload = patternBytes(count: size, seed: UInt64(0xE0 + i))
+            XCTAssertEqual(visitor.roundTrip(payload, toPort: t.publicPort)?.count, size, "\(kind): a \(size)-byte datagram")
+        }
+        let visitors = try (0..<20).map { _ in try UDPSocket() }
+        defer { visitors.forEach { $0.close() } }
+        let payloads = visitors.enumerated().map { i, v in Array("\(kind) visitor \(i) port \(v.port)".utf8) }
+        for (v, p) in zip(visitors, payloads) { try v.send(p, toPort: t.publicPort) }
+        for (i, (v, p)) in zip(visitors, payloads).enumerated() {
+            var reply = v.receive(timeout: 5)
+            if reply == nil { reply = v.roundTrip(p, toPort: t.publicPort) }
+            XCTAssertEqual(reply, p, "\(kind): visitor \(i)")
+        }
+        XCTAssertTrue(t.server.isRunning && t.client.isRunning)
+    }
+
+    func testOverNoise() throws { try checkEncrypted(.noiseNK) }
+    func testOverTLS() throws { try checkEncrypted(.tls) }
 
     // MARK: Malformed frames from a client
 
