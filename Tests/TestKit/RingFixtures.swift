@@ -23,10 +23,12 @@ public struct FDTable: Sendable {
     }
 
     /// What was opened since `baseline` and what of `baseline` is gone (or now points elsewhere).
+    /// Timerfds opened since are left out: the runtime's executor makes them lazily (one per clock
+    /// and timer class) and keeps them, and DataPlane never opens one (its timeouts are ring ops).
     public func diff(from baseline: FDTable) -> (opened: [Int32: String], closed: [Int32: String]) {
         var opened: [Int32: String] = [:]
         var closed: [Int32: String] = [:]
-        for (fd, what) in entries where baseline.entries[fd] != what { opened[fd] = what }
+        for (fd, what) in entries where baseline.entries[fd] != what && what != "anon_inode:[timerfd]" { opened[fd] = what }
         for (fd, what) in baseline.entries where entries[fd] != what { closed[fd] = what }
         return (opened, closed)
     }
