@@ -55,10 +55,15 @@ let package = Package(
         ),
         // Benchmark helper for perf/: a chain of relays between two ports.
         .executableTarget(name: "relaybench", dependencies: ["DataPlane"], path: "perf/relaybench"),
-        .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane"]),
+        // pidfd_open/pidfd_getfd for the tests (not in the Glibc module).
+        .systemLibrary(name: "CPidfd", path: "Tests/CPidfd"),
+        // What the test suites share: waiting, threads, sockets, processes, local services, configs,
+        // a raw protocol client, UDP, ring fixtures.
+        .target(name: "TestKit", dependencies: ["DataPlane", "ControlPlane", "CPidfd"], path: "Tests/TestKit"),
+        .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane", "TestKit"]),
         .testTarget(name: "NoiseTests", dependencies: ["Noise"], exclude: ["Fixtures"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS"]),
-        .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane"], exclude: ["Fixtures"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["DataPlane", "ControlPlane"]),
+        .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane", "TestKit"], exclude: ["Fixtures"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DataPlane", "ControlPlane", "TestKit"]),
     ]
 )

@@ -1,4 +1,5 @@
 import DataPlane
+import Glibc
 import Logging
 import Synchronization
 
@@ -16,8 +17,15 @@ public final class Instance: Sendable {
     private let watcher = Mutex<Task<Void, Never>?>(nil)
     private let onReload: @Sendable (Instance, ReloadEvent) -> Void
 
-    /// How long the connections of a removed or changed service may go on.
-    static let grace: Duration = .seconds(30)
+    /// How long the connections of a removed or changed service may go on: 30 s, or
+    /// `RATHOLE_RELOAD_GRACE_SECS` seconds (for tests, which cannot wait 30 s).
+    static let grace: Duration = graceFromEnvironment(getenv("RATHOLE_RELOAD_GRACE_SECS").map { String(cString: $0) })
+    static let defaultGrace: Duration = .seconds(30)
+
+    static func graceFromEnvironment(_ value: String?) -> Duration {
+        guard let value, let seconds = UInt32(value) else { return defaultGrace }
+        return .seconds(seconds)
+    }
 
     private struct State {
         var config: Config
@@ -145,7 +153,7 @@ public final class Instance: Sendable {
     }
 
     private func apply(_ new: ServerConfig, over old: ServerConfig, _ server: Server) async {
-        if new.bindAddr != old.bindAddr || new.transport != old.transport || new.heartbeatInterval != old.heartbeatInterval {
+        if new.needsRestart(from: old) {
             logger.info("server.bind_addr, server.transport or server.heartbeat_interval changed: restarting the server")
             await server.shutdown()
             do {
@@ -176,8 +184,7 @@ public final class Instance: Sendable {
     }
 
     private func apply(_ new: ClientConfig, over old: ClientConfig, _ client: Client) {
-        if new.remoteAddr != old.remoteAddr || new.transport != old.transport || new.heartbeatTimeout != old.heartbeatTimeout
-            || new.preferIPv6 != old.preferIPv6 {
+        if new.needsRestart(from: old) {
             logger.info("client.remote_addr, client.transport, client.heartbeat_timeout or client.prefer_ipv6 changed: restarting the client")
             do {
                 let fresh = try Self.startClient(new, group: group, logger: logger)
@@ -210,6 +217,22 @@ public final class Instance: Sendable {
         let current = state.withLock { $0 }
         await current.server?.shutdown()
         current.client?.shutdown()
+    }
+}
+
+extension ServerConfig {
+    /// Whether going from `old` to this config restarts the whole server (its own settings
+    /// changed) rather than only the services that differ.
+    func needsRestart(from old: ServerConfig) -> Bool {
+        bindAddr != old.bindAddr || transport != old.transport || heartbeatInterval != old.heartbeatInterval
+    }
+}
+
+extension ClientConfig {
+    /// Whether going from `old` to this config restarts the whole client.
+    func needsRestart(from old: ClientConfig) -> Bool {
+        remoteAddr != old.remoteAddr || transport != old.transport || heartbeatTimeout != old.heartbeatTimeout
+            || preferIPv6 != old.preferIPv6
     }
 }
 

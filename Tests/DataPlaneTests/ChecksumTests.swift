@@ -1,5 +1,6 @@
 // The stream checksum the bulk tests compare must catch what a broken relay would do.
 import Glibc
+import TestKit
 import XCTest
 
 final class ChecksumTests: XCTestCase {
@@ -11,7 +12,7 @@ final class ChecksumTests: XCTestCase {
         let reference = StreamHasher.digest(of: original)
         XCTAssertEqual(reference.count, UInt64(size))
 
-        func withCopy(_ count: Int = size, _ change: (UnsafeMutableRawBufferPointer) -> Void) -> Digest {
+        func withCopy(_ count: Int = size, _ change: (UnsafeMutableRawBufferPointer) -> Void) -> StreamDigest {
             copy.copyMemory(from: original)
             change(copy)
             return StreamHasher.digest(of: UnsafeRawBufferPointer(rebasing: copy[..<count]))

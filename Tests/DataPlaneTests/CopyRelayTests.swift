@@ -1,6 +1,7 @@
 // The CopyRelay (user-space buffers, for streams that cannot be spliced), end to end over loopback.
 import DataPlane
 import Glibc
+import TestKit
 import XCTest
 
 final class CopyRelayTests: XCTestCase {

@@ -1,8 +1,9 @@
 // The RingExecutor: async socket operations on io_uring, where continuations resume, cancellation,
-// timeouts, typed errors and shutdown with work in flight.
+// timeouts and typed errors.
 import DataPlane
 import Glibc
 import Synchronization
+import TestKit
 import XCTest
 
 final class ExecutorTests: XCTestCase {
@@ -17,10 +18,9 @@ final class ExecutorTests: XCTestCase {
     /// the thread of the ring the task runs on.
     func testTwoThousandConcurrentEchoRoundTrips() async throws {
         let n = 2000
-        let group = try RingGroup(threads: 2)
-        defer { shutdownOrFail(group) }
-        let listener = try LoopbackListener()
-        defer { listener.close() }
+        let f = try RingFixture(threads: 2)
+        defer { f.close() }
+        let (group, listener) = (f.group, f.listener)
         let baseline = await FDTable.baseline()
         let check = RingThreadCheck()
         let served = ByteCounter()
@@ -123,9 +123,9 @@ final class ExecutorTests: XCTestCase {
 
     /// An actor whose executor is a ring runs there.
     func testActorPinnedToRingRunsOnIt() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let pinned = Pinned(group.executors[0])
+        let f = try RingFixture()
+        defer { f.close() }
+        let pinned = Pinned(f.ring)
         let results = await withTaskGroup(of: Bool.self) { g in
             for _ in 0..<1000 { g.addTask { await pinned.hit() } }
             var all: [Bool] = []
@@ -153,16 +153,10 @@ final class ExecutorTests: XCTestCase {
     /// Ring operations called from a task that does not prefer the ring still work (they hop over),
     /// and the caller is not left stranded on the ring thread afterwards.
     func testOperationsFromOffTheRing() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let (x, inner) = try listener.pair()
-        defer {
-            close(x)
-            close(inner)
-        }
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
+        let (x, inner) = try f.pair()
         let outcome = await Task.detached { () -> String? in
             do {
                 try await ring.sendAll(inner, bytes: Array("from off the ring".utf8))
@@ -182,10 +176,14 @@ final class ExecutorTests: XCTestCase {
 
     // MARK: Cancellation and timeouts
 
-    /// Runs `op` in a task on `ring`, waits until it has had time to get in flight, cancels the
-    /// task and returns how the operation ended. Fails the test if it does not end promptly.
-    private func cancelInFlight(_ ring: RingExecutor, _ what: String,
+    /// Runs `op` in a task on `ring`, waits until the ring has it in flight (and `stuck` holds: the
+    /// operation cannot complete on its own), cancels the task and returns how the operation
+    /// ended. Fails the test if it never gets in flight, does not end promptly, or leaves its slot
+    /// behind. An operation that never reached the ring would fail at once in a cancelled task
+    /// without testing anything, hence the wait.
+    private func cancelInFlight(_ ring: RingExecutor, _ what: String, stuck: @escaping @Sendable () -> Bool = { true },
                                 _ op: @escaping @Sendable () async throws(IOError) -> Void) async throws -> IOError? {
+        let before = await operationsInFlight(ring)
         let task = Task(executorPreference: ring) { () -> IOError? in
             do throws(IOError) {
                 try await op()
@@ -194,23 +192,25 @@ final class ExecutorTests: XCTestCase {
                 return error
             }
         }
-        try await Task.sleep(for: .milliseconds(100))
-        XCTAssertFalse(Task.isCancelled)
+        try await waitForOperationInFlight(ring, moreThan: before, what, alsoTrue: stuck)
         task.cancel()
-        return try await withDeadline(5, "\(what) to end after cancellation") { await task.value }
+        let error = try await withDeadline(10, "\(what) to end after cancellation") { await task.value }
+        let after = await operationsInFlight(ring)
+        XCTAssertEqual(after, before, "\(what): the cancelled operation still holds its slot")
+        return error
+    }
+
+    /// Whether `fd` could take more bytes now.
+    private static func writable(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        return poll(&p, 1, 0) == 1
     }
 
     func testCancellingAnInFlightRecv() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let (x, inner) = try listener.pair()
-        defer {
-            close(x)
-            close(inner)
-        }
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
+        let (x, inner) = try f.pair()
         let check = RingThreadCheck()
         let error = try await cancelInFlight(ring, "recv") { () async throws(IOError) in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
@@ -229,16 +229,11 @@ final class ExecutorTests: XCTestCase {
     }
 
     func testCancellingAcceptPollAndSleep() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let (x, inner) = try listener.pair()
-        defer {
-            close(x)
-            close(inner)
-        }
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
+        let (_, inner) = try f.pair()
+        let listener = f.listener
         let accept = try await cancelInFlight(ring, "accept") { () async throws(IOError) in
             let fd = try await ring.accept(listener.fd)
             close(fd)
@@ -252,7 +247,9 @@ final class ExecutorTests: XCTestCase {
             try await ring.sleep(for: .seconds(3600))
         }
         XCTAssertEqual(sleep, .cancelled)
-        let sendAll = try await cancelInFlight(ring, "sendAll to a peer that never reads") { () async throws(IOError) in
+        // In flight and not writable: the send in flight waits for room that never comes.
+        let sendAll = try await cancelInFlight(ring, "sendAll to a peer that never reads", stuck: { !Self.writable(inner) }) {
+            () async throws(IOError) in
             while true {
                 try await ring.sendAll(inner, RandomPool.shared.slice(seed: 1, count: 1 << 20))
             }
@@ -262,16 +259,10 @@ final class ExecutorTests: XCTestCase {
 
     /// An operation started in a task that is already cancelled fails at once and submits nothing.
     func testOperationInCancelledTaskThrowsCancelled() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let (x, inner) = try listener.pair()
-        defer {
-            close(x)
-            close(inner)
-        }
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
+        let (x, inner) = try f.pair()
         XCTAssertEqual(Blocking.sendAll(x, Array("data".utf8)), 0)
         let outcome = await Task(executorPreference: ring) { () -> Result<[UInt8], IOError> in
             withUnsafeCurrentTask { $0?.cancel() }
@@ -282,20 +273,16 @@ final class ExecutorTests: XCTestCase {
             }
         }.value
         XCTAssertEqual(outcome, .failure(.cancelled))
+        let inFlight = await operationsInFlight(ring)
+        XCTAssertEqual(inFlight, 0, "nothing was submitted")
         XCTAssertTrue(Socket.isAlive(inner), "the data must still be unread")
     }
 
     func testRecvTimeout() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let (x, inner) = try listener.pair()
-        defer {
-            close(x)
-            close(inner)
-        }
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
+        let (x, inner) = try f.pair()
         let clock = ContinuousClock()
         let (error, elapsed) = try await withDeadline(10, "recv with a timeout") {
             await Task(executorPreference: ring) { () -> (IOError?, Duration) in
@@ -321,16 +308,10 @@ final class ExecutorTests: XCTestCase {
     }
 
     func testSendTimeoutWhenPeerDoesNotRead() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let (x, inner) = try listener.pair()
-        defer {
-            close(x)
-            close(inner)
-        }
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
+        let (_, inner) = try f.pair()
         let error = try await withDeadline(20, "send with a timeout") {
             await Task(executorPreference: ring) { () -> IOError? in
                 do throws(IOError) {
@@ -349,9 +330,9 @@ final class ExecutorTests: XCTestCase {
     }
 
     func testSleepWaitsOnTheRing() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
         let clock = ContinuousClock()
         let (onRing, elapsed) = try await Task(executorPreference: ring) { () async throws -> (Bool, Duration) in
             let start = clock.now
@@ -363,13 +344,10 @@ final class ExecutorTests: XCTestCase {
     }
 
     func testRecvExactThrowsEndOfStream() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let (x, inner) = try listener.pair()
-        defer { close(inner) }
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
+        let (x, inner) = try f.pair(closingOuter: false)
         XCTAssertEqual(Blocking.sendAll(x, [1, 2, 3]), 0)
         close(x)
         let outcome = await Task(executorPreference: ring) { () -> Result<[UInt8], IOError> in
@@ -385,9 +363,9 @@ final class ExecutorTests: XCTestCase {
     // MARK: Errors
 
     func testConnectToClosedPortIsRefused() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
         // A bound socket that does not listen holds the port, so nobody else can take it meanwhile.
         let holder = try Socket.tcp(family: AF_INET)
         defer { close(holder) }
@@ -423,145 +401,10 @@ final class ExecutorTests: XCTestCase {
     }
 
     func testListenOnPortInUseIsATypedError() throws {
-        let first = try LoopbackListener()
+        let first = try Listener()
         defer { first.close() }
         XCTAssertThrowsError(try Socket.listen(first.address, reusePort: false)) { error in
             XCTAssertEqual((error as? IOError)?.errno, .addressInUse, "\(error)")
         }
-    }
-
-    // MARK: Shutdown
-
-    /// Shutting a group down while tasks wait in recv, accept, poll and sleep and while relays run
-    /// (idle and busy): it returns promptly, every waiting task gets `.cancelled`, every relay
-    /// ends `stopped` and closes its sockets, and no fd is left behind once the group is gone.
-    func testShutdownWithWorkInFlight() async throws {
-        let before = await FDTable.baseline()
-        try await shutdownScenario()
-        // The executors' eventfds close when the last reference goes; give deinit a moment.
-        try? await waitUntil(5, "executors released") { FDTable.current().diff(from: before).opened.isEmpty }
-        assertFDsRestored(before, "shutdown with work in flight")
-    }
-
-    private func shutdownScenario() async throws {
-        let group = try RingGroup(threads: 2)
-        let listener = try LoopbackListener()
-        defer { listener.close() }
-        let idleListener = try LoopbackListener()
-        defer { idleListener.close() }
-        let check = RingThreadCheck()
-
-        // Tasks blocked in recv, poll, accept and sleep, on both rings.
-        var waiting: [Task<IOError?, Never>] = []
-        var heldOpen: [Int32] = []
-        for i in 0..<100 {
-            let ring = group.executors[i % 2]
-            let (x, inner) = try listener.pair()
-            heldOpen += [x, inner]
-            waiting.append(Task(executorPreference: ring) { () -> IOError? in
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
-                defer { buffer.deallocate() }
-                do throws(IOError) {
-                    if i % 10 == 0 {
-                        _ = try await ring.poll(inner, events: Int32(POLLIN))
-                    } else {
-                        _ = try await ring.recv(inner, into: buffer)
-                    }
-                    return nil
-                } catch {
-                    check.check(ring)
-                    return error
-                }
-            })
-        }
-        for ring in group.executors {
-            waiting.append(Task(executorPreference: ring) { () -> IOError? in
-                do throws(IOError) {
-                    let fd = try await ring.accept(idleListener.fd)
-                    close(fd)
-                    return nil
-                } catch {
-                    return error
-                }
-            })
-            waiting.append(Task(executorPreference: ring) { () -> IOError? in
-                do throws(IOError) {
-                    try await ring.sleep(for: .seconds(3600))
-                    return nil
-                } catch {
-                    return error
-                }
-            })
-        }
-
-        // Idle relays (both APIs) and one busy relay per ring with streams flowing both ways.
-        var relays: [RunningRelay] = []
-        var idlePeers: [Int32] = []
-        for i in 0..<20 {
-            let (x, a) = try listener.pair()
-            let (y, b) = try listener.pair()
-            idlePeers += [x, y]
-            relays.append(await startRelay(i % 2 == 0 ? .spliceAsync : .spliceHandle, on: group.executors[i % 2], a, b))
-        }
-        var busyPeers: [Int32] = []
-        var writers: [PeerThread<Int32>] = []
-        var readers: [PeerThread<StreamOutcome>] = []
-        var progress: [ByteCounter] = []
-        for ring in group.executors {
-            let (x, a) = try listener.pair()
-            let (y, b) = try listener.pair()
-            busyPeers += [x, y]
-            relays.append(await startRelay(.spliceAsync, on: ring, a, b))
-            let (gotX, gotY) = (ByteCounter(), ByteCounter())
-            progress += [gotX, gotY]
-            writers.append(PeerThread { Blocking.sendUntilError(x, progress: ByteCounter()) })
-            writers.append(PeerThread { Blocking.sendUntilError(y, progress: ByteCounter()) })
-            readers.append(PeerThread { Blocking.drain(x, progress: gotX) })
-            readers.append(PeerThread { Blocking.drain(y, progress: gotY) })
-        }
-        let counters = progress
-        try await waitUntil(30, "busy relays moving data") { counters.allSatisfy { $0.count >= 1 << 20 } }
-        try await Task.sleep(for: .milliseconds(50))   // let every waiting op get in flight
-        for (i, task) in waiting.enumerated() {
-            XCTAssertFalse(task.isCancelled, "task \(i)")
-        }
-
-        let clock = ContinuousClock()
-        let shutdown = PeerThread { () -> Duration in
-            let start = clock.now
-            group.shutdown()
-            return clock.now - start
-        }
-        let took = try await withDeadline(10, "RingGroup.shutdown() with work in flight") { await shutdown.value }
-        XCTAssertLessThan(took, .seconds(5), "shutdown took \(took)")
-        group.shutdown()   // a second call does nothing
-
-        for (i, task) in waiting.enumerated() {
-            let error = try await withDeadline(5, "waiting task \(i) to end") { await task.value }
-            XCTAssertEqual(error, .cancelled, "task \(i)")
-        }
-        XCTAssertEqual(check.missCount, 0)
-        for (i, relay) in relays.enumerated() {
-            let result = try await withDeadline(5, "relay \(i) to end") { await relay.result.value }
-            XCTAssertTrue(result.stopped, "relay \(i): \(result)")
-        }
-        // Every relay closed its sockets: idle peers see EOF or a reset, busy streams end.
-        let idleEnds = idlePeers.map { fd in PeerThread { Blocking.drain(fd) } }
-        for end in idleEnds {
-            let seen = try await withDeadline(10, "idle relay peer to see its socket closed") { await end.value }
-            XCTAssertTrue(seen.errno == 0 || seen.errno == ECONNRESET, "\(seen)")
-        }
-        for w in writers {
-            let e = try await withDeadline(10, "writer to fail") { await w.value }
-            XCTAssertTrue(e == EPIPE || e == ECONNRESET, "\(Errno(e))")
-        }
-        for r in readers {
-            let seen = try await withDeadline(10, "reader to see the end") { await r.value }
-            XCTAssertTrue(seen.errno == 0 || seen.errno == ECONNRESET, "\(seen)")
-        }
-        let after = group.counters
-        XCTAssertEqual(after.relaysActive, 0)
-        XCTAssertEqual(after.pipesLent, 0)
-        for fd in heldOpen + idlePeers + busyPeers { close(fd) }
     }
 }

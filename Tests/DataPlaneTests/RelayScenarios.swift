@@ -7,6 +7,7 @@
 // relay owns and closes.
 import DataPlane
 import Glibc
+import TestKit
 import XCTest
 
 enum Side: Sendable, CustomStringConvertible {

@@ -2,6 +2,7 @@
 import DataPlane
 import Glibc
 import Synchronization
+import TestKit
 import XCTest
 
 final class RelayTests: XCTestCase {
@@ -117,7 +118,7 @@ final class RelayTests: XCTestCase {
         let group = try RingGroup(threads: 1, maxLentPipesPerWorker: 2)
         defer { shutdownOrFail(group) }
         let ring = group.executors[0]
-        let listener = try LoopbackListener()
+        let listener = try Listener()
         defer { listener.close() }
         let baseline = await FDTable.baseline()
         let count = 20
@@ -194,7 +195,7 @@ final class RelayTests: XCTestCase {
             shutdownOrFail(relays)
             shutdownOrFail(peers)
         }
-        let listener = try LoopbackListener()
+        let listener = try Listener()
         defer { listener.close() }
         let baseline = await FDTable.baseline()
 
@@ -318,45 +319,79 @@ extension RelayTests {
 extension RelayTests {
     /// Two relays end in the same batch of completions, and each one's `onEnd` stops the other.
     /// The second stop targets a relay whose end is already reaped (its C state freed) but not yet
-    /// dispatched: it must do nothing (run under the address sanitizer to see the difference).
+    /// dispatched: it must do nothing. A stop that reached the freed state would read stale memory,
+    /// which by itself shows nothing without a sanitizer; so the memory is reused the way it is
+    /// under load: this ring thread's malloc cache for the relays' size class is filled just before
+    /// the batch is reaped, so the freed relays go to glibc's fast bins, where the next calloc (a
+    /// new relay, started by the first `onEnd` before its stop) takes the last one freed, which is
+    /// the relay that stop targets. A stop that reaches it would stop the new relay.
     func testStoppingARelayThatEndedInTheSameBatch() async throws {
         try await withRelayRing("stop from another relay's onEnd") { group, listener in
             let ring = group.executors[0]
-            let (x1, a1) = try listener.pair()
-            let (y1, b1) = try listener.pair()
-            let (x2, a2) = try listener.pair()
-            let (y2, b2) = try listener.pair()
+            let ending = try (0..<2).map { _ in (try listener.pair(), try listener.pair()) }
+            let fresh = try (0..<2).map { _ in (try listener.pair(), try listener.pair()) }
             let handles = Mutex<[RelayHandle]>([])
-            let ends = (Promise<RelayResult>(), Promise<RelayResult>())
+            let freshHandles = Mutex<[RelayHandle]>([])
+            let ends = (0..<4).map { _ in Promise<RelayResult>() }
+            let firstEnd = Atomic<Bool>(true)
+            @Sendable func startFresh() {
+                for (k, ((_, a), (_, b))) in fresh.enumerated() {
+                    let h = ring.startRelay(a, b) { ends[2 + k].fulfill($0) }
+                    freshHandles.withLock { $0.append(h) }
+                }
+            }
             await Task(executorPreference: ring) {
-                let h1 = ring.startRelay(a1, b1) { r in
-                    ends.0.fulfill(r)
-                    handles.withLock { $0 }[1].stop()
+                for (i, ((_, a), (_, b))) in ending.enumerated() {
+                    let h = ring.startRelay(a, b) { r in
+                        ends[i].fulfill(r)
+                        if firstEnd.exchange(false, ordering: .relaxed) { startFresh() }
+                        handles.withLock { $0 }[1 - i].stop()
+                    }
+                    handles.withLock { $0.append(h) }
                 }
-                let h2 = ring.startRelay(a2, b2) { r in
-                    ends.1.fulfill(r)
-                    handles.withLock { $0 }[0].stop()
-                }
-                handles.withLock { $0 = [h1, h2] }
             }.value
             // Hold the ring thread while both relays see EOF both ways, so that all their
-            // completions are reaped together.
+            // completions are reaped together; fill the malloc cache meanwhile.
             let held = Promise<Void>()
             ring.execute {
                 held.fulfill(())
                 usleep(100_000)
+                let blocks = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 16)
+                for k in 0..<16 { blocks[k] = malloc(120) }
+                for k in 0..<16 { free(blocks[k]) }
+                blocks.deallocate()
             }
             await held.value
-            for fd in [x1, y1, x2, y2] { shutdown(fd, Int32(SHUT_WR)) }
-            let (r1, r2) = (await ends.0.value, await ends.1.value)
-            for r in [r1, r2] {
-                XCTAssertNil(r.error, "\(r)")
-                XCTAssertFalse(r.stopped, "\(r)")
+            for ((x, _), (y, _)) in ending { for fd in [x, y] { shutdown(fd, Int32(SHUT_WR)) } }
+            for i in 0..<2 {
+                let r = await ends[i].value
+                XCTAssertNil(r.error, "relay \(i): \(r)")
+                XCTAssertFalse(r.stopped, "relay \(i): \(r)")
             }
-            for fd in [x1, y1, x2, y2] {
-                let seen = Blocking.drain(fd)
-                XCTAssertEqual(seen.errno, 0, "\(seen)")
-                close(fd)
+            for ((x, _), (y, _)) in ending {
+                for fd in [x, y] {
+                    let seen = Blocking.drain(fd)
+                    XCTAssertEqual(seen.errno, 0, "\(seen)")
+                    close(fd)
+                }
+            }
+            // The relays started meanwhile were not touched by the stray stop: both still carry
+            // bytes both ways and end on their own.
+            XCTAssertEqual(freshHandles.withLock { $0.count }, 2)
+            for (k, ((x, _), (y, _))) in fresh.enumerated() {
+                XCTAssertEqual(Blocking.sendAll(x, Array("to y \(k)".utf8)), 0)
+                XCTAssertEqual(Blocking.recvExact(y, count: 6), Array("to y \(k)".utf8), "new relay \(k)")
+                XCTAssertEqual(Blocking.sendAll(y, Array("to x \(k)".utf8)), 0)
+                XCTAssertEqual(Blocking.recvExact(x, count: 6), Array("to x \(k)".utf8), "new relay \(k)")
+                shutdown(x, Int32(SHUT_WR))
+                shutdown(y, Int32(SHUT_WR))
+                let r = await ends[2 + k].value
+                XCTAssertFalse(r.stopped, "new relay \(k) was stopped by a stop meant for an ended relay: \(r)")
+                XCTAssertNil(r.error, "new relay \(k): \(r)")
+                XCTAssertEqual(r.bytesAToB, 6)
+                XCTAssertEqual(r.bytesBToA, 6)
+                close(x)
+                close(y)
             }
         }
     }

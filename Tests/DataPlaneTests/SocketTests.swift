@@ -1,6 +1,7 @@
 // Socket set-up helpers and SocketAddress, on real loopback sockets.
 import DataPlane
 import Glibc
+import TestKit
 import XCTest
 
 final class SocketTests: XCTestCase {
@@ -44,7 +45,7 @@ final class SocketTests: XCTestCase {
     }
 
     func testOptionsAreApplied() throws {
-        let listener = try LoopbackListener()
+        let listener = try Listener()
         defer { listener.close() }
         let (x, inner) = try listener.pair()
         defer {
@@ -74,7 +75,7 @@ final class SocketTests: XCTestCase {
     }
 
     func testIsAlive() throws {
-        let listener = try LoopbackListener()
+        let listener = try Listener()
         defer { listener.close() }
 
         let (x1, inner1) = try listener.pair()
@@ -145,12 +146,15 @@ final class SocketTests: XCTestCase {
         XCTAssertEqual(got, [1, 2, 3, 4])
     }
 
-    /// closeListener wakes an accept the ring has in flight on the listener.
+    /// closeListener wakes an accept the ring has in flight on the listener. The accept is known to
+    /// be in flight before the listener closes: an accept submitted after the close would fail on
+    /// its own (EBADF) and prove nothing.
     func testCloseListenerEndsAcceptInFlight() async throws {
-        let group = try RingGroup(threads: 1)
-        defer { shutdownOrFail(group) }
-        let ring = group.executors[0]
+        let f = try RingFixture()
+        defer { f.close() }
+        let ring = f.ring
         let listener = try Socket.listen(SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false)
+        let before = await operationsInFlight(ring)
         let task = Task(executorPreference: ring) { () -> IOError? in
             do throws(IOError) {
                 let fd = try await ring.accept(listener)
@@ -160,11 +164,13 @@ final class SocketTests: XCTestCase {
                 return error
             }
         }
-        try await Task.sleep(for: .milliseconds(50))
+        try await waitForOperationInFlight(ring, moreThan: before, "accept")
         Socket.closeListener(listener)
-        let error = try await withDeadline(5, "accept to end after closeListener") { await task.value }
+        let error = try await withDeadline(10, "accept to end after closeListener") { await task.value }
         XCTAssertNotNil(error, "accept must fail once its listener is closed")
         XCTAssertNotEqual(error, .cancelled)
+        let after = await operationsInFlight(ring)
+        XCTAssertEqual(after, before, "the accept still holds its slot")
     }
 
     func testRaiseOpenFileLimit() {

@@ -5,6 +5,7 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
 /// Bytes copied from the transcripts (`NN-*.hex.txt`).
@@ -36,16 +37,15 @@ enum Recorded {
     static let heartBeat = hexBytes("01000000")
 }
 
-final class ConformanceTests: E2ETestCase {
+final class ConformanceTests: EndToEndCase {
     /// Our server with one service "echo" on a fresh public port.
     private func startOurServer(token: String, heartbeatInterval: Int? = nil) throws -> (server: RatholeProcess, control: UInt16, publicPort: UInt16) {
-        let control = Ports.free()
-        let publicPort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, token: token, services: [("echo", publicPort)],
-                                                            heartbeatInterval: heartbeatInterval))
+        var config = TunnelConfig(services: [ServiceSpec("echo", port: Ports.free(), localPort: 1)], token: token)
+        if let heartbeatInterval { config.serverKeys = ["heartbeat_interval = \(heartbeatInterval)"] }
+        let server = rathole("server", config: config.serverText)
         try server.start()
-        try waitServerReady(server, service: "echo")
-        return (server, control, publicPort)
+        try waitServerReady(server, config)
+        return (server, config.controlPort, config.services[0].port)
     }
 
     /// Sends the recorded control-channel Hello for "echo" and checks our server's Hello: 37 bytes,
@@ -86,8 +86,10 @@ final class ConformanceTests: E2ETestCase {
 
     /// Scenario 01: handshake, exactly eight CreateDataChannel, data channels, a visitor,
     /// StartForwardTcp then the visitor's bytes, one refill, echo both ways, FIN both ways.
+    /// The server beats every second here: an idle control channel's HeartBeat comes after
+    /// everything the server had to send, so the messages before it are all there were.
     func testServerReplaysScenario01TcpSession() throws {
-        let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
+        let (_, control, publicPort) = try startOurServer(token: "wire_token_1", heartbeatInterval: 1)
         let c = try Conn.connect(port: control)
         let nonce = try sendHelloReadNonce(c)
         let sessionKey = authDigest(token: "wire_token_1", nonce: nonce)
@@ -95,7 +97,9 @@ final class ConformanceTests: E2ETestCase {
         let answer = try c.readExact(36, timeout: 10)
         XCTAssertEqual(hexString(answer), hexString(Recorded.serverChunks01.flatMap { $0 }),
                        "after Auth: Ack Ok then exactly eight CreateDataChannel")
-        XCTAssertEqual(c.readSome(timeout: 0.5), .timeout, "no more than eight CreateDataChannel at first")
+        let messages = ControlMessages(c)
+        try messages.readUntilNewHeartbeat()
+        XCTAssertEqual(messages.others.map { hexString($0) }, [], "no more than eight CreateDataChannel at first")
 
         // Eight data channels, as the recorded client opened them.
         var channels: [Conn] = []
@@ -103,10 +107,6 @@ final class ConformanceTests: E2ETestCase {
             let d = try Conn.connect(port: control)
             try d.send([1, 0, 0, 0, 1] + sessionKey)
             channels.append(d)
-        }
-        sleepSeconds(0.3)
-        for (i, d) in channels.enumerated() {
-            XCTAssertEqual(d.readSome(timeout: 0), .timeout, "the server never answers a data channel hello (channel \(i))")
         }
 
         // A visitor on the service port.
@@ -117,9 +117,7 @@ final class ConformanceTests: E2ETestCase {
             return
         }
         XCTAssertEqual(hexString(try chosen.readExact(19, timeout: 10)), hexString(Recorded.startForwardPlusPayload01),
-                       "StartForwardTcp, then the visitor's bytes")
-        XCTAssertEqual(try c.readExact(4, timeout: 10), Recorded.createDataChannel, "one CreateDataChannel refill per visitor")
-        XCTAssertEqual(c.readSome(timeout: 0.3), .timeout, "exactly one refill")
+                       "StartForwardTcp, then the visitor's bytes (the server never answers a data channel hello)")
 
         // The relay: back to the visitor, a second round, then FIN each way.
         try chosen.send(Recorded.payload0)
@@ -133,15 +131,19 @@ final class ConformanceTests: E2ETestCase {
         chosen.shutdownWrite()
         XCTAssertEqual(visitor.readSome(timeout: 10), .eof, "the data channel's FIN reaches the visitor")
 
-        for d in channels where d !== chosen {
-            XCTAssertEqual(d.readSome(timeout: 0), .timeout, "other pooled channels stay untouched")
-        }
-        XCTAssertEqual(c.readSome(timeout: 0), .timeout, "nothing else on the control channel")
+        // The visitor was placed before its StartForwardTcp was written, and its refill asked for
+        // then: a HeartBeat written after this point follows the refill.
+        try messages.readUntilNewHeartbeat()
+        XCTAssertEqual(messages.others.map { hexString($0) }, [hexString(Recorded.createDataChannel)],
+                       "exactly one CreateDataChannel refill per visitor, and nothing else on the control channel")
 
-        // The client goes away (as at the end of the recording): its pooled channels are closed.
+        // The client goes away (as at the end of the recording): its pooled channels are closed,
+        // having carried nothing at all.
         c.close()
         for (i, d) in channels.enumerated() where d !== chosen {
-            XCTAssertNotNil(d.waitClosed(timeout: 10), "pooled channel \(i) closed when its control channel ended")
+            let got = d.waitClosed(timeout: 10)
+            XCTAssertNotNil(got, "pooled channel \(i) closed when its control channel ended")
+            XCTAssertEqual(hexString(got ?? []), "", "pooled channel \(i): the server never answers a data channel hello")
         }
     }
 
@@ -225,9 +227,9 @@ final class ConformanceTests: E2ETestCase {
     /// control channels only once its services are registered (it once answered ServiceNotExist).
     func testServerKnowsItsServicesAsSoonAsTheControlPortOpens() throws {
         for round in 0..<50 {
-            let control = Ports.free()
-            let server = rathole("early-\(round)", config: serverConfig(controlPort: control, token: "early",
-                                                                       services: [("echo", Ports.free())]))
+            let config = TunnelConfig(services: [ServiceSpec("echo", port: Ports.free(), localPort: 1)], token: "early")
+            let control = config.controlPort
+            let server = rathole("early-\(round)", config: config.serverText)
             try server.start()
             var conn: Conn?
             let deadline = monoNow() + 10
@@ -359,12 +361,13 @@ final class ConformanceTests: E2ETestCase {
                            "data channel hello carries the session key")
             channels.append(d)
         }
-        XCTAssertNil(fake.accept(timeout: 0.3), "one data channel per CreateDataChannel, no more")
+        // One data channel per CreateDataChannel, no more: what the client holds to the fake server
+        // (connected, accepted or not) settles at the control channel and the eight.
+        XCTAssertEqual(settled { client.connections(to: fake.port).count }, 9, "one data channel per CreateDataChannel, no more")
         XCTAssertEqual(echo.accepted, 0, "no local connection before StartForwardTcp")
 
-        // A heartbeat: the client must not answer it, nor drop the channel.
+        // A heartbeat: the client must not answer it (checked at the end), nor drop the channel.
         try control.send(Recorded.heartBeat)
-        XCTAssertEqual(control.readSome(timeout: 0.3), .timeout, "the client never writes after its Auth")
 
         // StartForwardTcp and the first payload in one chunk, as recorded.
         let d = channels[0]
@@ -377,13 +380,22 @@ final class ConformanceTests: E2ETestCase {
         XCTAssertEqual(d.readSome(timeout: 10), .eof, "our FIN went to the service and its FIN came back")
 
         // A refill, as the server sends one per visitor: exactly one new data channel.
+        let before = settled { client.connections(to: fake.port).count }
         try control.send(Recorded.createDataChannel)
         guard let refill = fake.accept(timeout: 10) else {
             XCTFail("no data channel for the refill")
             return
         }
         XCTAssertEqual(try refill.readExact(37, timeout: 10), Recorded.dataHello01)
+        XCTAssertEqual(settled { client.connections(to: fake.port).count }, before + 1, "one data channel for the refill, no more")
         XCTAssertTrue(client.isRunning)
+
+        // The server goes away: everything the client wrote on the control channel after its Auth
+        // arrives before the end, and that is nothing.
+        control.shutdownWrite()
+        let after = control.waitClosed(timeout: 10)
+        XCTAssertNotNil(after, "the client closes its control channel when the server's ends")
+        XCTAssertEqual(hexString(after ?? []), "", "the client never writes after its Auth (not even to a HeartBeat)")
     }
 
     /// Scenarios 02 and 03 from the server's side: our client is refused, logs why, and tries
@@ -429,6 +441,36 @@ final class ConformanceTests: E2ETestCase {
         XCTAssertEqual(try c3.readExact(37, timeout: 10), Recorded.helloEcho)
         XCTAssertTrue(client.isRunning)
         XCTAssertEqual(echo.accepted, 0)
+    }
+
+    /// A server's control channel read as 4-byte messages: HeartBeats counted, the rest kept.
+    private final class ControlMessages {
+        let conn: Conn
+        private(set) var others: [[UInt8]] = []
+        private(set) var heartbeats = 0
+        private var pending: [UInt8] = []
+
+        init(_ conn: Conn) { self.conn = conn }
+
+        /// Takes what is buffered, then reads until a HeartBeat that arrives after that.
+        func readUntilNewHeartbeat(timeout: Double = 20) throws {
+            others = []
+            while case .data(let d) = conn.readSome(timeout: 0) { pending += d }
+            take()
+            let target = heartbeats + 1
+            while heartbeats < target {
+                pending += try conn.readExact(4 - pending.count % 4, timeout: timeout)
+                take()
+            }
+        }
+
+        private func take() {
+            while pending.count >= 4 {
+                let m = Array(pending[0..<4])
+                pending.removeFirst(4)
+                if m == Recorded.heartBeat { heartbeats += 1 } else { others.append(m) }
+            }
+        }
     }
 
     private func firstReadable(_ conns: [Conn], timeout: Double) -> Conn? {

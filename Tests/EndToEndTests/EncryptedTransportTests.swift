@@ -1,103 +1,40 @@
 // Noise (NK, XX, KK; NK with AESGCM_SHA256; every other suite) and TLS transports end to end:
-// echo, 64 MiB hashed, 50 concurrent connections; refusals with nothing forwarded (wrong server key, untrusted certificate); and a
+// echo, 64 MiB hashed, 50 concurrent connections; refusals with nothing forwarded (wrong server
+// key, untrusted certificate) or at start (patterns upstream refuses too); and a
 // relay between client and server that flips one byte of ciphertext mid-transfer: that connection
 // dies and what was delivered is a clean prefix of what was sent.
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
-final class EncryptedTransportTests: FeatureTestCase {
-    enum Kind: String {
-        case noiseNK, noiseXX, noiseKK, noiseNKAESGCM, tls
+final class EncryptedTransportTests: EndToEndCase {
+    /// A tunnel with `secure` for `services`; the client reaches the server through `remotePort`
+    /// (a relay) when given.
+    private func secureConfig(_ secure: TransportTables, services: [ServiceSpec], controlPort: UInt16 = Ports.free(),
+                              remotePort: UInt16? = nil) -> TunnelConfig {
+        var config = TunnelConfig(controlPort: controlPort, services: services)
+        config.transport = secure
+        if let remotePort { config.remoteAddr = "127.0.0.1:\(remotePort)" }
+        return config
     }
 
-    /// The `[server.transport]` and `[client.transport]` tables of a transport.
-    struct Secure {
-        var server: String
-        var client: String
-    }
-
-    static let p12Password = "p12 pass-word"
-    static let xx = "Noise_XX_25519_ChaChaPoly_BLAKE2s"
-    static let kk = "Noise_KK_25519_ChaChaPoly_BLAKE2s"
-    static let nkAESGCM = "Noise_NK_25519_AESGCM_SHA256"
-
-    private func certs() throws -> String {
-        let certDir = dir + "/certs"
-        if !FileManager.default.fileExists(atPath: certDir + "/server.p12") {
-            try FeatureSupport.makeCerts(in: certDir, password: Self.p12Password)
-        }
-        return certDir
-    }
-
-    private func noise(_ side: String, pattern: String? = nil, privateKey: String? = nil, remotePublic: String? = nil) -> String {
-        var t = "[\(side).transport]\ntype = \"noise\"\n\n[\(side).transport.noise]\n"
-        if let pattern { t += "pattern = \"\(pattern)\"\n" }
-        if let privateKey { t += "local_private_key = \"\(privateKey)\"\n" }
-        if let remotePublic { t += "remote_public_key = \"\(remotePublic)\"\n" }
-        return t
-    }
-
-    private func tlsClient(trustedRoot: String, hostname: String? = "localhost") -> String {
-        var t = "[client.transport]\ntype = \"tls\"\n\n[client.transport.tls]\ntrusted_root = \"\(trustedRoot)\"\n"
-        if let hostname { t += "hostname = \"\(hostname)\"\n" }
-        return t
-    }
-
-    private func transport(_ kind: Kind) throws -> Secure {
-        switch kind {
-        case .noiseNK:
-            let s = try FeatureSupport.genkey()
-            return Secure(server: noise("server", privateKey: s.privateKey), client: noise("client", remotePublic: s.publicKey))
-        case .noiseXX:
-            return Secure(server: noise("server", pattern: Self.xx), client: noise("client", pattern: Self.xx))
-        case .noiseNKAESGCM:
-            let s = try FeatureSupport.genkey()
-            return Secure(server: noise("server", pattern: Self.nkAESGCM, privateKey: s.privateKey),
-                          client: noise("client", pattern: Self.nkAESGCM, remotePublic: s.publicKey))
-        case .noiseKK:
-            let s = try FeatureSupport.genkey()
-            let c = try FeatureSupport.genkey()
-            return Secure(server: noise("server", pattern: Self.kk, privateKey: s.privateKey, remotePublic: c.publicKey),
-                          client: noise("client", pattern: Self.kk, privateKey: c.privateKey, remotePublic: s.publicKey))
-        case .tls:
-            let d = try certs()
-            return Secure(
-                server: "[server.transport]\ntype = \"tls\"\n\n[server.transport.tls]\npkcs12 = \"\(d)/server.p12\"\npkcs12_password = \"\(Self.p12Password)\"\n",
-                client: tlsClient(trustedRoot: d + "/ca.pem"))
-        }
-    }
-
-    /// Starts a server and a client with `secure`; the client reaches the server through
-    /// `remotePort` (a relay) when given.
-    private func startSecure(_ secure: Secure, services: [FeatureService], control: UInt16, remotePort: UInt16? = nil)
-        throws -> (server: RatholeProcess, client: RatholeProcess)
-    {
-        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: services, tables: secure.server))
-        let client = rathole("client", config: FeatureConfig.client(remotePort: remotePort ?? control, services: services, tables: secure.client))
-        try server.start()
-        for s in services { try waitServerReady(server, service: s.name) }
-        try client.start()
-        for s in services { try waitClientReady(client, service: s.name) }
-        return (server, client)
-    }
+    private func transport(_ kind: TransportKind) throws -> TransportTables { try Transports.tables(kind, dir: dir) }
 
     // MARK: Echo, 64 MiB, 50 concurrent connections
 
-    private func checkTransport(_ kind: Kind) throws {
+    private func checkTransport(_ kind: TransportKind) throws {
         let echo = keep(try LocalService.echo())
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let (server, client) = try startSecure(try transport(kind), services: [FeatureService("secure", port: publicPort, localPort: echo.port)],
-                                               control: control)
+        let (server, client) = try start(secureConfig(try transport(kind), services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]))
         XCTAssertFalse(client.log.contains("WARN") || client.log.contains("ERROR"), "\(kind): the client complained:\n\(client.log)")
 
         for (i, size) in [1, 5000, 200_000].enumerated() {
             try echoOnce(port: publicPort, payload: patternBytes(count: size, seed: UInt64(i + 1)))
         }
-        XCTAssertNoThrow(try FeatureSupport.echoTransfer(port: publicPort, data: FeatureSupport.big), "\(kind): 64 MiB")
-        let failures = FeatureSupport.concurrentEchoes(port: publicPort, count: 50)
+        XCTAssertNoThrow(try echoTransfer(port: publicPort, data: bigPattern), "\(kind): 64 MiB")
+        let failures = concurrentEchoes(port: publicPort, count: 50)
         XCTAssertEqual(failures, [], "\(kind): \(failures.count) of 50 concurrent connections failed")
         XCTAssertEqual(echo.accepted, 3 + 1 + 50, "\(kind): one local connection per visitor")
         XCTAssertTrue(server.isRunning && client.isRunning)
@@ -116,24 +53,24 @@ final class EncryptedTransportTests: FeatureTestCase {
                       "AESGCM_BLAKE2s", "AESGCM_BLAKE2b", "AESGCM_SHA512"]
         let echo = keep(try LocalService.echo())
         for (n, suite) in suites.enumerated() {
-            let secure: Secure
+            let secure: TransportTables
             if n % 2 == 0 {
-                let pattern = "Noise_NK_25519_\(suite)", s = try FeatureSupport.genkey()
-                secure = Secure(server: noise("server", pattern: pattern, privateKey: s.privateKey),
-                                client: noise("client", pattern: pattern, remotePublic: s.publicKey))
+                let pattern = "Noise_NK_25519_\(suite)", s = try Programs.genkey()
+                secure = TransportTables(server: Transports.noise("server", pattern: pattern, privateKey: s.privateKey),
+                                         client: Transports.noise("client", pattern: pattern, remotePublic: s.publicKey))
             } else {
                 let pattern = "Noise_XX_25519_\(suite)"
-                secure = Secure(server: noise("server", pattern: pattern), client: noise("client", pattern: pattern))
+                secure = TransportTables(server: Transports.noise("server", pattern: pattern),
+                                         client: Transports.noise("client", pattern: pattern))
             }
             let publicPort = Ports.free()
-            let (server, client) = try startSecure(secure, services: [FeatureService("secure", port: publicPort, localPort: echo.port)],
-                                                   control: Ports.free())
+            let (server, client) = try start(secureConfig(secure, services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]),
+                                             serverName: "server-\(n)", clientName: "client-\(n)")
             for (i, size) in [1, 5000, 200_000].enumerated() {
                 try echoOnce(port: publicPort, payload: patternBytes(count: size, seed: UInt64(n * 10 + i + 1)))
             }
-            XCTAssertNoThrow(try FeatureSupport.echoTransfer(port: publicPort, data: Array(FeatureSupport.big.prefix(8 << 20))),
-                             "\(suite): 8 MiB")
-            let failures = FeatureSupport.concurrentEchoes(port: publicPort, count: 10)
+            XCTAssertNoThrow(try echoTransfer(port: publicPort, data: Array(bigPattern.prefix(8 << 20))), "\(suite): 8 MiB")
+            let failures = concurrentEchoes(port: publicPort, count: 10)
             XCTAssertEqual(failures, [], "\(suite): \(failures.count) of 10 concurrent connections failed")
             XCTAssertFalse(client.log.contains("WARN") || client.log.contains("ERROR"), "\(suite): the client complained:\n\(client.log)")
             XCTAssertTrue(server.isRunning && client.isRunning, suite)
@@ -152,13 +89,11 @@ final class EncryptedTransportTests: FeatureTestCase {
     /// so VmData shows it where RSS would not).
     func testClosedNoiseConnectionsLeaveNoMemoryBehind() throws {
         let echo = keep(try LocalService.echo())
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let (server, client) = try startSecure(try transport(.noiseNK), services: [FeatureService("secure", port: publicPort, localPort: echo.port)],
-                                               control: control)
+        let (server, client) = try start(secureConfig(try transport(.noiseNK), services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]))
         func connections(_ rounds: Int) {
             for round in 0..<rounds {
-                let failures = FeatureSupport.concurrentEchoes(port: publicPort, count: 50, bytesEach: 1000, resetting: round % 2 == 1)
+                let failures = concurrentEchoes(port: publicPort, count: 50, bytesEach: 1000, resetting: round % 2 == 1)
                 XCTAssertEqual(failures, [], "round \(round)")
             }
         }
@@ -171,23 +106,22 @@ final class EncryptedTransportTests: FeatureTestCase {
     }
 
     func testNoiseWrongServerKeyRefused() throws {
-        let real = try FeatureSupport.genkey()
-        let other = try FeatureSupport.genkey()
+        let real = try Programs.genkey()
+        let other = try Programs.genkey()
         let local = keep(try LocalService.echo())
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let svc = FeatureService("secure", port: publicPort, localPort: local.port)
-        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [svc],
-                                                                     tables: noise("server", privateKey: real.privateKey)))
-        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [svc],
-                                                                     tables: noise("client", remotePublic: other.publicKey)))
+        let config = secureConfig(TransportTables(server: Transports.noise("server", privateKey: real.privateKey),
+                                                  client: Transports.noise("client", remotePublic: other.publicKey)),
+                                  services: [ServiceSpec("secure", port: publicPort, localPort: local.port)])
+        let server = rathole("server", config: config.serverText)
+        let client = rathole("client", config: config.clientText)
         try server.start()
-        try waitServerReady(server, service: "secure")
+        try waitServerReady(server, config)
         try client.start()
         XCTAssertTrue(client.waitForLog("noise handshake", count: 2, timeout: 10), "the client logs the failed handshake, and retries")
-        let line = FeatureSupport.lines(of: client.log, containing: "noise handshake").first ?? ""
+        let line = client.lines(containing: "noise handshake").first ?? ""
         XCTAssertTrue(line.contains("ERROR") && line.contains("secure") && line.contains("retrying"), "a clear error line: \(line)")
-        try featureAssertNothingForwarded(publicPort: publicPort, local: local)
+        try assertNothingForwarded(publicPort: publicPort, local: local)
         XCTAssertEqual(client.occurrences(of: "control channel established"), 0)
         XCTAssertEqual(server.occurrences(of: "established"), 0)
         XCTAssertTrue(server.isRunning && client.isRunning)
@@ -195,7 +129,7 @@ final class EncryptedTransportTests: FeatureTestCase {
 
     /// Patterns upstream refuses too: rathole exits 1 with a line naming the key and the refused part.
     func testRefusedNoisePatternsNameTheKey() throws {
-        let key = try FeatureSupport.genkey()
+        let key = try Programs.genkey()
         let cases: [(side: String, pattern: String, part: String)] = [
             ("server", "Noise_NK_25519_XChaChaPoly_BLAKE2s", "cipher 'XChaChaPoly'"),
             ("server", "Noise_NK_448_AESGCM_SHA256", "DH function '448'"),
@@ -204,39 +138,35 @@ final class EncryptedTransportTests: FeatureTestCase {
             ("client", "Noise_NK_25519_AESGCM_SHA3", "hash 'SHA3'"),
         ]
         for (n, c) in cases.enumerated() {
-            let svc = FeatureService("secure", port: Ports.free(), localPort: Ports.free())
-            let config = c.side == "server"
-                ? FeatureConfig.server(controlPort: Ports.free(), services: [svc],
-                                       tables: noise("server", pattern: c.pattern, privateKey: key.privateKey))
-                : FeatureConfig.client(remotePort: Ports.free(), services: [svc],
-                                       tables: noise("client", pattern: c.pattern, remotePublic: key.publicKey))
-            let p = rathole("refused-\(n)", config: config)
+            var config = TunnelConfig(services: [ServiceSpec("secure", port: Ports.free(), localPort: Ports.free())])
+            config.serverTables = Transports.noise("server", pattern: c.pattern, privateKey: key.privateKey)
+            config.clientTables = Transports.noise("client", pattern: c.pattern, remotePublic: key.publicKey)
+            let p = rathole("refused-\(n)", config: c.side == "server" ? config.serverText : config.clientText)
             try p.start()
             XCTAssertEqual(p.waitForExit(timeout: 10), .exited(1), c.pattern)
-            let line = FeatureSupport.lines(of: p.log, containing: "\(c.side).transport.noise.pattern").first ?? ""
+            let line = p.lines(containing: "\(c.side).transport.noise.pattern").first ?? ""
             XCTAssertTrue(line.contains(c.pattern) && line.contains(c.part), "\(c.pattern): one line naming the key: \(p.log)")
         }
     }
 
     /// TLS with a client that trusts another CA: the handshake fails, nothing is forwarded.
     func testTLSUntrustedCertificateRefused() throws {
-        let d = try certs()
+        let d = try Transports.certs(in: dir)
         let local = keep(try LocalService.echo())
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let svc = FeatureService("secure", port: publicPort, localPort: local.port)
         var secure = try transport(.tls)
-        secure.client = tlsClient(trustedRoot: d + "/other-ca.pem")
-        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [svc], tables: secure.server))
-        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [svc], tables: secure.client))
+        secure.client = Transports.tlsClient(trustedRoot: d + "/other-ca.pem")
+        let config = secureConfig(secure, services: [ServiceSpec("secure", port: publicPort, localPort: local.port)])
+        let server = rathole("server", config: config.serverText)
+        let client = rathole("client", config: config.clientText)
         try server.start()
-        try waitServerReady(server, service: "secure")
+        try waitServerReady(server, config)
         try client.start()
         XCTAssertTrue(client.waitForLog("tls handshake", count: 2, timeout: 10), "the client logs the failed handshake, and retries")
-        let line = FeatureSupport.lines(of: client.log, containing: "tls handshake").first ?? ""
+        let line = client.lines(containing: "tls handshake").first ?? ""
         XCTAssertTrue(line.contains("ERROR") && line.contains("secure") && line.lowercased().contains("certificate"),
                       "a clear error line naming the certificate problem: \(line)")
-        try featureAssertNothingForwarded(publicPort: publicPort, local: local)
+        try assertNothingForwarded(publicPort: publicPort, local: local)
         XCTAssertEqual(client.occurrences(of: "control channel established"), 0)
         XCTAssertEqual(server.occurrences(of: "established"), 0)
         XCTAssertTrue(server.isRunning && client.isRunning)
@@ -247,11 +177,11 @@ final class EncryptedTransportTests: FeatureTestCase {
     /// A relay between client and server flips one byte at 200 KiB + 77 of ciphertext in the
     /// direction that carries the bulk: an upload (server to client) and a download (client to
     /// server). Each time that connection dies, and the receiver got a clean prefix of the data.
-    private func checkTampering(_ kind: Kind) throws {
+    private func checkTampering(_ kind: TransportKind) throws {
         let data = patternBytes(count: 2 << 20, seed: 0x7A3)
         let flipOffset = 200 * 1024 + 77
-        let recorder = try FeatureRecorder()
-        _ = keep(recorder.service)
+        let recorder = try Recorder()
+        keep(recorder.service)
         let source = keep(try LocalService.source(data))
         let echo = keep(try LocalService.echo())
         let control = Ports.free()
@@ -259,28 +189,26 @@ final class EncryptedTransportTests: FeatureTestCase {
         let downPort = Ports.free()
         let echoPort = Ports.free()
         // One relay per direction of bulk transfer, so each flips only its own.
-        let upRelay = try FeatureRelay(targetPort: control, flipAt: (.fromTarget, flipOffset))
-        featureCleanup { upRelay.stop() }
-        let services = [FeatureService("up", port: upPort, localPort: recorder.service.port),
-                        FeatureService("down", port: downPort, localPort: source.port),
-                        FeatureService("echo", port: echoPort, localPort: echo.port)]
+        let upRelay = try TCPRelay(targetPort: control, flipAt: (.fromTarget, flipOffset))
+        cleanup { upRelay.stop() }
+        let services = [ServiceSpec("up", port: upPort, localPort: recorder.service.port),
+                        ServiceSpec("down", port: downPort, localPort: source.port),
+                        ServiceSpec("echo", port: echoPort, localPort: echo.port)]
         let secure = try transport(kind)
-        let (server, client) = try startSecure(secure, services: services, control: control, remotePort: upRelay.port)
+        let config = secureConfig(secure, services: services, controlPort: control, remotePort: upRelay.port)
+        let (server, client) = try start(config)
 
         // Upload: the visitor sends 2 MiB; the client receives the tampered ciphertext.
         let visitor = try Conn.connect(port: upPort)
-        let sender = Thread {
-            try? visitor.send(data)
-        }
-        sender.start()
+        spawnThread { try? visitor.send(data) }
         XCTAssertNotNil(visitor.waitClosed(timeout: 20), "\(kind) upload: the visitor's connection must be closed")
         visitor.close()
         XCTAssertTrue(waitUntil(timeout: 10) { recorder.finished.get == 1 }, "\(kind) upload: the local connection must end")
         let got = recorder.received.get.first ?? []
         XCTAssertEqual(upRelay.flips.count, 1, "\(kind) upload: flipped \(upRelay.flips)")
         XCTAssertLessThan(got.count, data.count, "\(kind) upload: the whole transfer went through despite the flipped byte")
-        XCTAssertNil(FeatureSupport.firstMismatch(got, prefixOf: data),
-                     "\(kind) upload: corrupt byte delivered at offset \(FeatureSupport.firstMismatch(got, prefixOf: data) ?? -1) of \(got.count)")
+        XCTAssertNil(firstMismatch(got, prefixOf: data),
+                     "\(kind) upload: corrupt byte delivered at offset \(firstMismatch(got, prefixOf: data) ?? -1) of \(got.count)")
         XCTAssertEqual(recorder.received.get.count, 1)
 
         // The tunnel itself is fine: other visitors are served.
@@ -289,12 +217,15 @@ final class EncryptedTransportTests: FeatureTestCase {
         // Download: the source sends 2 MiB; the server receives the tampered ciphertext. The client
         // must reach the server through a relay that flips the other direction: switch the client
         // over by restarting it against a second relay.
-        let downRelay = try FeatureRelay(targetPort: control, flipAt: (.toTarget, flipOffset))
-        featureCleanup { downRelay.stop() }
+        let downRelay = try TCPRelay(targetPort: control, flipAt: (.toTarget, flipOffset))
+        cleanup { downRelay.stop() }
+        let before = channels(of: server, config)
         client.killNow()
-        let client2 = rathole("client2", config: FeatureConfig.client(remotePort: downRelay.port, services: services, tables: secure.client))
+        var config2 = config
+        config2.remoteAddr = "127.0.0.1:\(downRelay.port)"
+        let client2 = rathole("client2", config: config2.clientText)
         try client2.start()
-        for s in services { try waitClientReady(client2, service: s.name) }
+        try waitClientReady(client2, server: server, config2, since: before)
         let down = try Conn.connect(port: downPort)
         var received: [UInt8] = []
         var closed = false
@@ -310,8 +241,8 @@ final class EncryptedTransportTests: FeatureTestCase {
         XCTAssertTrue(closed, "\(kind) download: the visitor's connection must be closed")
         XCTAssertEqual(downRelay.flips.count, 1, "\(kind) download: flipped \(downRelay.flips)")
         XCTAssertLessThan(received.count, data.count, "\(kind) download: the whole transfer went through despite the flipped byte")
-        XCTAssertNil(FeatureSupport.firstMismatch(received, prefixOf: data),
-                     "\(kind) download: corrupt byte delivered at offset \(FeatureSupport.firstMismatch(received, prefixOf: data) ?? -1) of \(received.count)")
+        XCTAssertNil(firstMismatch(received, prefixOf: data),
+                     "\(kind) download: corrupt byte delivered at offset \(firstMismatch(received, prefixOf: data) ?? -1) of \(received.count)")
         XCTAssertNoThrow(try echoOnce(port: echoPort, payload: Array("\(kind) after the download".utf8)))
         XCTAssertTrue(server.isRunning && client2.isRunning)
     }

@@ -3,11 +3,12 @@
 // binary. A debug build names libFoundation.so (TOMLKit imports Foundation) but must take no symbol
 // from it; scripts/package checks the static release binary for ICU as well (scripts/size-report).
 import Foundation
+import TestKit
 import XCTest
 
 final class LinkageTests: XCTestCase {
     func testNothingFromFoundationOrICU() throws {
-        let (status, symbols) = try FeatureSupport.run(["nm", E2EPaths.binary], timeout: 120)
+        let (status, symbols) = try Programs.run(["nm", Paths.binary], timeout: 120)
         XCTAssertEqual(status, 0)
         XCTAssertGreaterThan(symbols.count, 100_000, "nm read the binary's symbols")
         // Mangled Swift names carry their module as <length><name>: 10Foundation is the full

@@ -4,9 +4,10 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
-final class ProxyTests: FeatureTestCase {
+final class ProxyTests: EndToEndCase {
     static let user = "ratholeproxy"
     static let password = "proxy-pass-1"
 
@@ -16,17 +17,17 @@ final class ProxyTests: FeatureTestCase {
 
     /// The system user dante checks SOCKS5 usernames against (tests run as root).
     private func ensureProxyUser() throws {
-        if try FeatureSupport.run(["id", "-u", Self.user]).status != 0 {
-            let (status, out) = try FeatureSupport.run(["useradd", "-M", "-s", "/usr/sbin/nologin", Self.user])
-            guard status == 0 || status == 9 else { throw E2EError("useradd \(Self.user) failed (\(status)): \(out)") }
+        if try Programs.run(["id", "-u", Self.user]).status != 0 {
+            let (status, out) = try Programs.run(["useradd", "-M", "-s", "/usr/sbin/nologin", Self.user])
+            guard status == 0 || status == 9 else { throw TestFailure("useradd \(Self.user) failed (\(status)): \(out)") }
         }
-        let (status, out) = try FeatureSupport.run(["/bin/sh", "-c", "echo '\(Self.user):\(Self.password)' | chpasswd"])
-        guard status == 0 else { throw E2EError("chpasswd for \(Self.user) failed (\(status)): \(out)") }
+        let (status, out) = try Programs.run(["/bin/sh", "-c", "echo '\(Self.user):\(Self.password)' | chpasswd"])
+        guard status == 0 else { throw TestFailure("chpasswd for \(Self.user) failed (\(status)): \(out)") }
     }
 
     /// Starts danted (SOCKS5) on a free port; returns the process and its port.
-    private func startDante(auth: Bool) throws -> (FeatureProcess, UInt16) {
-        let binary = try FeatureSupport.requireProgram("danted", package: "dante-server")
+    private func startDante(auth: Bool) throws -> (ExternalProgram, UInt16) {
+        let binary = try Programs.require("danted", package: "dante-server")
         if auth { try ensureProxyUser() }
         let port = Ports.free()
         let conf = writeFile("danted-\(port).conf", """
@@ -48,15 +49,15 @@ final class ProxyTests: FeatureTestCase {
             }
 
             """)
-        let p = featureProgram("danted-\(port)", [binary, "-f", conf, "-N", "1"])
+        let p = program("danted-\(port)", [binary, "-f", conf, "-N", "1"])
         try p.start()
-        guard waitForPortOpen(port, timeout: 10) else { throw E2EError("danted did not listen on \(port):\n\(p.log)") }
+        guard waitForPortOpen(port, timeout: 10) else { throw TestFailure("danted did not listen on \(port):\n\(p.log)") }
         return (p, port)
     }
 
     /// Starts tinyproxy (HTTP CONNECT) on a free port, allowing CONNECT to `connectPort` only.
-    private func startTinyproxy(auth: Bool, connectPort: UInt16) throws -> (FeatureProcess, UInt16) {
-        let binary = try FeatureSupport.requireProgram("tinyproxy", package: "tinyproxy")
+    private func startTinyproxy(auth: Bool, connectPort: UInt16) throws -> (ExternalProgram, UInt16) {
+        let binary = try Programs.require("tinyproxy", package: "tinyproxy")
         let port = Ports.free()
         var text = """
             Port \(port)
@@ -70,9 +71,9 @@ final class ProxyTests: FeatureTestCase {
             """
         if auth { text += "BasicAuth \(Self.user) \(Self.password)\n" }
         let conf = writeFile("tinyproxy-\(port).conf", text)
-        let p = featureProgram("tinyproxy-\(port)", [binary, "-d", "-c", conf])
+        let p = program("tinyproxy-\(port)", [binary, "-d", "-c", conf])
         try p.start()
-        guard waitForPortOpen(port, timeout: 10) else { throw E2EError("tinyproxy did not listen on \(port):\n\(p.log)") }
+        guard waitForPortOpen(port, timeout: 10) else { throw TestFailure("tinyproxy did not listen on \(port):\n\(p.log)") }
         return (p, port)
     }
 
@@ -93,10 +94,11 @@ final class ProxyTests: FeatureTestCase {
     private struct Setup {
         let server: RatholeProcess
         let client: RatholeProcess
-        let proxy: FeatureProcess
-        let control: UInt16
-        let service: FeatureService
+        let proxy: ExternalProgram
+        let config: TunnelConfig
         let echo: LocalService
+        var control: UInt16 { config.controlPort }
+        var service: ServiceSpec { config.services[0] }
     }
 
     /// A proxy, a server, a client through the proxy; one echo service. Waits for the control
@@ -106,29 +108,28 @@ final class ProxyTests: FeatureTestCase {
         let echo = keep(try LocalService.echo())
         let control = Ports.free()
         let (proxy, proxyPort) = kind == .socks5 ? try startDante(auth: auth) : try startTinyproxy(auth: auth, connectPort: control)
-        let service = FeatureService("proxied", port: Ports.free(), localPort: echo.port)
-        var serverTables = ""
+        var config = TunnelConfig(controlPort: control, services: [ServiceSpec("proxied", port: Ports.free(), localPort: echo.port)])
         var key: String?
         if noise {
-            let k = try FeatureSupport.genkey()
-            serverTables = "[server.transport]\ntype = \"noise\"\n\n[server.transport.noise]\nlocal_private_key = \"\(k.privateKey)\"\n"
+            let k = try Programs.genkey()
+            config.serverTables = Transports.noise("server", privateKey: k.privateKey)
             key = k.publicKey
         }
         let url = proxyURL(kind, port: proxyPort, password: auth ? (clientPassword ?? Self.password) : nil)
-        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [service], tables: serverTables))
-        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [service],
-                                                                     tables: clientTables(proxy: url, noisePublicKey: key)))
+        config.clientTables = clientTables(proxy: url, noisePublicKey: key)
+        let server = rathole("server", config: config.serverText)
+        let client = rathole("client", config: config.clientText)
         try server.start()
-        try waitServerReady(server, service: service.name)
+        try waitServerReady(server, config)
         try client.start()
-        if expectConnected { try waitClientReady(client, service: service.name) }
-        return Setup(server: server, client: client, proxy: proxy, control: control, service: service, echo: echo)
+        if expectConnected { try waitClientReady(client, server: server, config) }
+        return Setup(server: server, client: client, proxy: proxy, config: config, echo: echo)
     }
 
     /// The proxy's log shows connections to the server's control port (so the client went through it).
     private func assertWentThroughProxy(_ s: Setup, _ kind: Proxy, file: StaticString = #filePath, line: UInt = #line) {
         let marker = kind == .socks5 ? "127.0.0.1.\(s.control)" : "CONNECT 127.0.0.1:\(s.control)"
-        let n = FeatureSupport.lines(of: s.proxy.log, containing: marker).count
+        let n = s.proxy.log.split(separator: "\n").filter { $0.contains(marker) }.count
         // The control channel and at least one data channel.
         XCTAssertGreaterThanOrEqual(n, 2, "the proxy's log shows \(n) connections to the server:\n\(s.proxy.log)", file: file, line: line)
     }
@@ -136,8 +137,8 @@ final class ProxyTests: FeatureTestCase {
     private func checkForwarding(_ kind: Proxy, auth: Bool, noise: Bool = false) throws {
         let s = try setUpTunnel(kind, auth: auth, noise: noise)
         try echoOnce(port: s.service.port, payload: Array("through \(kind)".utf8))
-        XCTAssertNoThrow(try FeatureSupport.echoTransfer(port: s.service.port, data: FeatureSupport.big), "64 MiB through \(kind)")
-        let failures = FeatureSupport.concurrentEchoes(port: s.service.port, count: 10, bytesEach: 16 << 10)
+        XCTAssertNoThrow(try echoTransfer(port: s.service.port, data: bigPattern), "64 MiB through \(kind)")
+        let failures = concurrentEchoes(port: s.service.port, count: 10, bytesEach: 16 << 10)
         XCTAssertEqual(failures, [], "10 concurrent connections through \(kind)")
         XCTAssertEqual(s.echo.accepted, 12)
         assertWentThroughProxy(s, kind)
@@ -159,18 +160,18 @@ final class ProxyTests: FeatureTestCase {
     func testSocks5WrongPasswordRetriedThenFixedByReload() throws {
         let s = try setUpTunnel(.socks5, auth: true, clientPassword: "wrong-password", expectConnected: false)
         XCTAssertTrue(s.client.waitForLog("rejected the username/password", count: 2, timeout: 10), "refused, and retried")
-        let line = FeatureSupport.lines(of: s.client.log, containing: "rejected the username/password").first ?? ""
+        let line = s.client.lines(containing: "rejected the username/password").first ?? ""
         XCTAssertTrue(line.contains("ERROR") && line.contains("proxied") && line.contains("retrying"), "a clear error line: \(line)")
         XCTAssertFalse(line.contains("wrong-password"), "the password must not be logged: \(line)")
-        try featureAssertNothingForwarded(publicPort: s.service.port, local: s.echo)
+        try assertNothingForwarded(publicPort: s.service.port, local: s.echo)
 
         // Fixed in the file: the running client reloads and connects.
         let fixed = try String(contentsOfFile: s.client.configPath, encoding: .utf8)
             .replacingOccurrences(of: ":wrong-password@", with: ":\(Self.password)@")
-        try FeatureSupport.rewriteInPlace(s.client.configPath, fixed)
-        try waitClientReady(s.client, service: s.service.name, timeout: 10)
-        XCTAssertNotNil(FeatureSupport.secondsUntilForwarding(port: s.service.port, timeout: 10), "forwarding after the fix")
-        XCTAssertNoThrow(try FeatureSupport.echoTransfer(port: s.service.port, data: Array(FeatureSupport.big.prefix(8 << 20))))
+        try ConfigFile.rewriteInPlace(s.client.configPath, fixed)
+        try waitClientReady(s.client, server: s.server, s.config)
+        XCTAssertNotNil(secondsUntilForwarding(port: s.service.port, timeout: 10), "forwarding after the fix")
+        XCTAssertNoThrow(try echoTransfer(port: s.service.port, data: Array(bigPattern.prefix(8 << 20))))
         assertWentThroughProxy(s, .socks5)
     }
 
@@ -180,21 +181,21 @@ final class ProxyTests: FeatureTestCase {
         let s = try setUpTunnel(.http, auth: true, clientPassword: "wrong-password", expectConnected: false)
         let refusal = "CONNECT 127.0.0.1:\(s.control) refused: HTTP/"
         XCTAssertTrue(s.client.waitForLog(refusal, count: 2, timeout: 10), "refused, and retried")
-        let line = FeatureSupport.lines(of: s.client.log, containing: refusal).first ?? ""
+        let line = s.client.lines(containing: refusal).first ?? ""
         XCTAssertTrue(line.contains("ERROR") && line.contains("proxied") && line.contains("retrying"), "a clear error line: \(line)")
         XCTAssertTrue(line.contains(" 401 ") || line.contains(" 407 "), "the proxy's status is logged: \(line)")
         XCTAssertFalse(line.contains("wrong-password"), "the password must not be logged: \(line)")
-        try featureAssertNothingForwarded(publicPort: s.service.port, local: s.echo)
+        try assertNothingForwarded(publicPort: s.service.port, local: s.echo)
 
         s.client.signal(SIGTERM)
         XCTAssertEqual(s.client.waitForExit(timeout: 10), .exited(0))
         let fixed = try String(contentsOfFile: s.client.configPath, encoding: .utf8)
             .replacingOccurrences(of: ":wrong-password@", with: ":\(Self.password)@")
-        try FeatureSupport.replaceByRename(s.client.configPath, fixed)
+        try ConfigFile.replaceByRename(s.client.configPath, fixed)
         try s.client.start()
-        try waitClientReady(s.client, service: s.service.name, timeout: 10)
-        XCTAssertNotNil(FeatureSupport.secondsUntilForwarding(port: s.service.port, timeout: 10), "forwarding after the fix")
-        XCTAssertNoThrow(try FeatureSupport.echoTransfer(port: s.service.port, data: Array(FeatureSupport.big.prefix(8 << 20))))
+        try waitClientReady(s.client, server: s.server, s.config)
+        XCTAssertNotNil(secondsUntilForwarding(port: s.service.port, timeout: 10), "forwarding after the fix")
+        XCTAssertNoThrow(try echoTransfer(port: s.service.port, data: Array(bigPattern.prefix(8 << 20))))
         assertWentThroughProxy(s, .http)
     }
 }

@@ -4,20 +4,16 @@
 // sees a spurious wakeup from that very half-close (see relay_fail in ring.c). A lost cancel
 // left the process waiting for its ring forever; this happened in about one stop in four.
 import Glibc
+import TestKit
 import XCTest
 
-final class ShutdownTests: E2ETestCase {
+final class ShutdownTests: EndToEndCase {
     func testBothEndsStopAtOnceWithAnIdleVisitor() throws {
         let echo = keep(try LocalService.echo())
         for round in 0..<12 {
-            let control = Ports.free()
             let publicPort = Ports.free()
-            let server = rathole("server\(round)", config: serverConfig(controlPort: control, services: [("svc", publicPort)]))
-            let client = rathole("client\(round)", config: clientConfig(controlPort: control, services: [("svc", echo.port)]))
-            try server.start()
-            try waitServerReady(server, service: "svc")
-            try client.start()
-            try waitClientReady(client, service: "svc")
+            let (server, client) = try start(TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: echo.port)]),
+                                             serverName: "server\(round)", clientName: "client\(round)")
             let visitor = try Conn.connect(port: publicPort)
             defer { visitor.close() }
             try visitor.send("hello\n")

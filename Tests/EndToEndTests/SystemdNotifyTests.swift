@@ -4,6 +4,7 @@
 // and READY=1 around every reload, STOPPING=1 on shutdown, STATUS= lines.
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
 /// The receiving end of $NOTIFY_SOCKET, as systemd holds it.
@@ -15,7 +16,7 @@ final class NotifySocket {
     /// Bound to `path`, or with `abstract`, to that name in the abstract namespace ("@name").
     init(path: String? = nil, abstract: String? = nil) throws {
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw E2EError("socket(AF_UNIX): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw TestFailure("socket(AF_UNIX): \(String(cString: strerror(errno)))") }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         var name: [UInt8]
@@ -35,7 +36,7 @@ final class NotifySocket {
         guard rc == 0 else {
             let e = errno
             Glibc.close(fd)
-            throw E2EError("bind \(address): \(String(cString: strerror(e)))")
+            throw TestFailure("bind \(address): \(String(cString: strerror(e)))")
         }
     }
 
@@ -70,7 +71,7 @@ final class NotifySocket {
     }
 }
 
-final class SystemdNotifyTests: FeatureTestCase {
+final class SystemdNotifyTests: EndToEndCase {
     private func start(_ name: String, config: String, notify: NotifySocket?, extra: [String: String] = [:]) throws -> RatholeProcess {
         let p = rathole(name, config: config)
         if let notify { p.environment["NOTIFY_SOCKET"] = notify.address }
@@ -87,11 +88,11 @@ final class SystemdNotifyTests: FeatureTestCase {
         let control = Ports.free()
         let busy = try Listener()
         var services = [
-            FeatureService("web", port: Ports.free(), localPort: 1),
-            FeatureService("dns", type: "udp", port: Ports.free(), localPort: 1),
-            FeatureService("taken", port: busy.port, localPort: 1),
+            ServiceSpec("web", port: Ports.free(), localPort: 1),
+            ServiceSpec("dns", type: "udp", port: Ports.freeUDP(), localPort: 1),
+            ServiceSpec("taken", port: busy.port, localPort: 1),
         ]
-        let server = try start("server", config: FeatureConfig.server(controlPort: control, services: services), notify: notify)
+        let server = try start("server", config: TunnelConfig(controlPort: control, services: services).serverText, notify: notify)
 
         let ready = notify.expect("READY=1")
         XCTAssertEqual(ready["STATUS"], "server listening at 127.0.0.1:\(control) (tcp), 3 services (2 tcp, 1 udp)")
@@ -108,14 +109,14 @@ final class SystemdNotifyTests: FeatureTestCase {
         XCTAssertEqual(notify.expect("READY=1")["STATUS"], ready["STATUS"])
 
         // A file change is a reload too.
-        services.append(FeatureService("ssh", port: Ports.free(), localPort: 1))
-        try FeatureSupport.rewriteInPlace(server.configPath, FeatureConfig.server(controlPort: control, services: services))
+        services.append(ServiceSpec("ssh", port: Ports.free(), localPort: 1))
+        try ConfigFile.rewriteInPlace(server.configPath, TunnelConfig(controlPort: control, services: services).serverText)
         _ = notify.expect("RELOADING=1")
         XCTAssertEqual(notify.expect("READY=1")["STATUS"], "server listening at 127.0.0.1:\(control) (tcp), 4 services (3 tcp, 1 udp)")
         XCTAssertTrue(waitForPortOpen(services[3].port, timeout: 5), "the added service listens")
 
         // A refused file leaves the running config, and says so in the status.
-        try FeatureSupport.rewriteInPlace(server.configPath, "[server]\nbind_addr = 12\n")
+        try ConfigFile.rewriteInPlace(server.configPath, "[server]\nbind_addr = 12\n")
         _ = notify.expect("RELOADING=1")
         let refused = notify.expect("READY=1")["STATUS"] ?? ""
         XCTAssertTrue(refused.hasPrefix("server listening at 127.0.0.1:\(control) (tcp), 4 services (3 tcp, 1 udp); last reload refused: "), refused)
@@ -133,9 +134,9 @@ final class SystemdNotifyTests: FeatureTestCase {
         let notify = try NotifySocket(abstract: "rathole-e2e-\(getpid())-\(Ports.free())")
         let nobody = Ports.free()
         let echo = keep(try LocalService.echo())
-        let client = try start("client", config: FeatureConfig.client(remotePort: nobody, services: [
-            FeatureService("web", port: 1, localPort: echo.port),
-        ]), notify: notify)
+        let client = try start("client", config: TunnelConfig(controlPort: nobody, services: [
+            ServiceSpec("web", port: 1, localPort: echo.port),
+        ]).clientText, notify: notify)
         XCTAssertEqual(notify.expect("READY=1")["STATUS"], "client of 127.0.0.1:\(nobody) (tcp), 1 service")
         client.signal(SIGTERM)
         _ = notify.expect("STOPPING=1")
@@ -148,10 +149,11 @@ final class SystemdNotifyTests: FeatureTestCase {
         let clientNotify = try NotifySocket(path: "\(dir)/client.sock")
         let echo = keep(try LocalService.echo())
         let control = Ports.free()
-        let services = [FeatureService("echo", port: Ports.free(), localPort: echo.port)]
-        let server = try start("server", config: FeatureConfig.server(controlPort: control, services: services), notify: serverNotify)
+        let config = TunnelConfig(controlPort: control, services: [ServiceSpec("echo", port: Ports.free(), localPort: echo.port)])
+        let services = config.services
+        let server = try start("server", config: config.serverText, notify: serverNotify)
         _ = serverNotify.expect("READY=1")
-        let client = try start("client", config: FeatureConfig.client(remotePort: control, services: services), notify: clientNotify)
+        let client = try start("client", config: config.clientText, notify: clientNotify)
         _ = clientNotify.expect("READY=1")
         XCTAssertTrue(waitUntilForwarding(port: services[0].port, timeout: 15))
         try echoOnce(port: services[0].port, payload: patternBytes(count: 1 << 20, seed: 15))
@@ -166,12 +168,12 @@ final class SystemdNotifyTests: FeatureTestCase {
     /// nothing but a warning: the server runs and stops as without it.
     func testUnusableNotifySocketIsIgnored() throws {
         let control = Ports.free()
-        let services = [FeatureService("web", port: Ports.free(), localPort: 1)]
+        let config = TunnelConfig(controlPort: control, services: [ServiceSpec("web", port: Ports.free(), localPort: 1)])
         for (i, value) in ["vsock:2:1234", "\(dir)/nobody-listens.sock"].enumerated() {
-            let p = rathole("server\(i)", config: FeatureConfig.server(controlPort: control, services: services))
+            let p = rathole("server\(i)", config: config.serverText)
             p.environment["NOTIFY_SOCKET"] = value
             try p.start()
-            try waitServerReady(p, service: "web")
+            try waitServerReady(p, config)
             p.signal(SIGTERM)
             XCTAssertEqual(p.waitForExit(timeout: 15), .exited(0), p.log)
             if i == 0 {

@@ -3,9 +3,10 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
-final class TunnelTests: E2ETestCase {
+final class TunnelTests: EndToEndCase {
     func testEchoThroughTunnel() throws {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)
@@ -33,17 +34,10 @@ final class TunnelTests: E2ETestCase {
         let sink = keep(try LocalService.sink())
         let source = keep(try LocalService.source(data))
 
-        let control = Ports.free()
         let sinkPort = Ports.free()
         let sourcePort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, services: [("sink", sinkPort), ("source", sourcePort)]))
-        let client = rathole("client", config: clientConfig(controlPort: control, services: [("sink", sink.port), ("source", source.port)]))
-        try server.start()
-        try waitServerReady(server, service: "sink")
-        try waitServerReady(server, service: "source")
-        try client.start()
-        try waitClientReady(client, service: "sink")
-        try waitClientReady(client, service: "source")
+        _ = try start(TunnelConfig(services: [ServiceSpec("sink", port: sinkPort, localPort: sink.port),
+                                              ServiceSpec("source", port: sourcePort, localPort: source.port)]))
 
         // Upload.
         let up = try Conn.connect(port: sinkPort)
@@ -68,32 +62,11 @@ final class TunnelTests: E2ETestCase {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)
         try echoOnce(port: t.publicPort, payload: Array("warm-up".utf8))
-        let serverSockets = t.server.settled { t.server.socketCount }
-        let clientSockets = t.client.settled { t.client.socketCount }
-        let failures = Locked<[String]>([])
-        let port = t.publicPort
-        let finished = runConcurrently(100, timeout: 90) { i in
-            do {
-                let c = try Conn.connect(port: port)
-                defer { c.close() }
-                let payload = patternBytes(count: 20_000 + i * 97, seed: UInt64(1000 + i))
-                // Write and read in turns so neither side's buffers matter.
-                var offset = 0
-                while offset < payload.count {
-                    let chunk = Array(payload[offset..<min(payload.count, offset + 8192)])
-                    try c.send(chunk)
-                    let back = try c.readExact(chunk.count, timeout: 30)
-                    if back != chunk { throw E2EError("connection \(i): wrong bytes at offset \(offset)") }
-                    offset += chunk.count
-                }
-                c.shutdownWrite()
-                if c.readSome(timeout: 30) != .eof { throw E2EError("connection \(i): no EOF after half-close") }
-            } catch {
-                failures.withLock { $0.append("\(error)") }
-            }
-        }
-        XCTAssertTrue(finished, "not all 100 connections finished in time")
-        XCTAssertEqual(failures.get, [], "\(failures.get.count) connections failed")
+        let serverSockets = settled { t.server.socketCount }
+        let clientSockets = settled { t.client.socketCount }
+        // Written and read in turns so neither side's buffers matter.
+        let failures = concurrentEchoes(port: t.publicPort, count: 100, bytesEach: 20_000, chunk: 8192)
+        XCTAssertEqual(failures, [], "\(failures.count) of 100 connections failed")
         XCTAssertEqual(echo.accepted, 101, "one local connection per visitor")
         // Every relayed connection is gone from both processes; the pools are back to their size.
         XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
@@ -106,12 +79,13 @@ final class TunnelTests: E2ETestCase {
 
     func testWrongTokenRefusedNothingForwarded() throws {
         let local = keep(try LocalService.echo())
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, token: "right-token", services: [("svc", publicPort)]))
-        let client = rathole("client", config: clientConfig(controlPort: control, token: "wrong-token", services: [("svc", local.port)]))
+        var config = TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: local.port)], token: "right-token")
+        config.clientToken = "wrong-token"
+        let server = rathole("server", config: config.serverText)
+        let client = rathole("client", config: config.clientText)
         try server.start()
-        try waitServerReady(server, service: "svc")
+        try waitServerReady(server, config)
         try client.start()
         XCTAssertTrue(server.waitForLog("wrong token", timeout: 10), "the server logs the refusal")
         XCTAssertTrue(client.waitForLog("refused the token", timeout: 10), "the client logs the refusal")
@@ -122,12 +96,13 @@ final class TunnelTests: E2ETestCase {
 
     func testUnknownServiceRefusedNothingForwarded() throws {
         let local = keep(try LocalService.echo())
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, services: [("echo", publicPort)]))
-        let client = rathole("client", config: clientConfig(controlPort: control, services: [("nosuch", local.port)]))
+        let config = TunnelConfig(services: [ServiceSpec("echo", port: publicPort, localPort: local.port, sides: .serverOnly),
+                                             ServiceSpec("nosuch", port: 0, localPort: local.port, sides: .clientOnly)])
+        let server = rathole("server", config: config.serverText)
+        let client = rathole("client", config: config.clientText)
         try server.start()
-        try waitServerReady(server, service: "echo")
+        try waitServerReady(server, config)
         try client.start()
         XCTAssertTrue(client.waitForLog("does not know this service", timeout: 10), "the client logs the refusal")
         try assertNothingForwarded(publicPort: publicPort, local: local)
@@ -135,34 +110,20 @@ final class TunnelTests: E2ETestCase {
         XCTAssertTrue(server.isRunning && client.isRunning)
     }
 
-    /// A visitor gets no bytes (the server may hold it, then closes it), and the local service
-    /// never sees a connection.
-    private func assertNothingForwarded(publicPort: UInt16, local: LocalService, file: StaticString = #filePath, line: UInt = #line) throws {
-        let v = try Conn.connect(port: publicPort)
-        try v.send("is anybody there?")
-        let r = v.readSome(timeout: 3)
-        switch r {
-        case .timeout, .eof, .error: break
-        case .data(let d): XCTFail("the visitor got bytes: \(hexString(d))", file: file, line: line)
-        }
-        v.close()
-        XCTAssertEqual(local.accepted, 0, "the local service must see no connection", file: file, line: line)
-    }
-
     // MARK: Start order and restarts
 
     func testClientStartedBeforeServer() throws {
         let echo = keep(try LocalService.echo())
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, services: [("svc", publicPort)]))
-        let client = rathole("client", config: clientConfig(controlPort: control, services: [("svc", echo.port)]))
+        let config = TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: echo.port)])
+        let server = rathole("server", config: config.serverText)
+        let client = rathole("client", config: config.clientText)
         try client.start()
         XCTAssertTrue(client.waitForLog("retrying", count: 2, timeout: 10), "the client keeps retrying while the server is down")
         XCTAssertTrue(client.isRunning)
         try server.start()
-        try waitServerReady(server, service: "svc")
-        try waitClientReady(client, service: "svc", timeout: 15)
+        try waitServerReady(server, config)
+        try waitClientReady(client, server: server, config)
         XCTAssertTrue(waitUntilForwarding(port: publicPort, timeout: 15))
     }
 
@@ -170,12 +131,12 @@ final class TunnelTests: E2ETestCase {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)
         try echoOnce(port: t.publicPort, payload: Array("before the restart".utf8))
-        let clientSockets = t.client.settled { t.client.socketCount }
+        let clientSockets = settled { t.client.socketCount }
         t.server.killNow()
         XCTAssertTrue(t.client.waitForLog("retrying", timeout: 10), "the client notices the server is gone")
         try t.server.start()
-        try waitServerReady(t.server, service: t.name)
-        try waitClientReady(t.client, service: t.name, count: 2, timeout: 15)
+        try waitServerReady(t.server, t.config)
+        try waitClientReady(t.client, server: t.server, t.config)
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the server restart")
         XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
                       "client sockets: \(clientSockets ?? -1) before the restart, \(t.client.socketCount ?? -1) after (leaked?)")
@@ -185,75 +146,89 @@ final class TunnelTests: E2ETestCase {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)
         try echoOnce(port: t.publicPort, payload: Array("before the restart".utf8))
-        let serverSockets = t.server.settled { t.server.socketCount }
+        let serverSockets = settled { t.server.socketCount }
+        let before = channels(of: t.server, t.config)
         t.client.killNow()
         XCTAssertTrue(t.server.waitForLog(" ended: ", timeout: 10), "the server notices the client is gone")
         try t.client.start()
-        try waitClientReady(t.client, service: t.name)
+        try waitClientReady(t.client, server: t.server, t.config, since: before)
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the client restart")
         // And with a graceful stop as well.
         t.client.signal(SIGTERM)
         XCTAssertEqual(t.client.waitForExit(timeout: 10), .exited(0))
+        let second = channels(of: t.server, t.config)
         try t.client.start()
-        try waitClientReady(t.client, service: t.name)
+        try waitClientReady(t.client, server: t.server, t.config, since: second)
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the second client restart")
         XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
                       "server sockets: \(serverSockets ?? -1) before the restarts, \(t.server.socketCount ?? -1) after (leaked?)")
     }
 
-    /// SIGSTOP freezes the server: the client's heartbeat timeout (2 s; the server beats every 1 s)
-    /// fires and it reconnects; after SIGCONT forwarding works again.
+    /// Heartbeats every second keep an idle control channel alive past twice the client's 4 s
+    /// timeout (the server holds the same connections throughout); SIGSTOP freezes the server, the
+    /// client's timeout fires (not before the timeout) and it reconnects; after SIGCONT forwarding
+    /// works again and the abandoned session is cleaned up on both sides.
     func testFrozenServerDetectedByHeartbeatTimeout() throws {
         let echo = keep(try LocalService.echo())
-        let t = try startTunnel(local: echo, serverHeartbeat: 1, clientHeartbeatTimeout: 2)
+        let t = try startTunnel(local: echo, serverKeys: ["heartbeat_interval = 1"], clientKeys: ["heartbeat_timeout = 4"])
         try echoOnce(port: t.publicPort, payload: Array("before the freeze".utf8))
-        let serverSockets = t.server.settled { t.server.socketCount }
-        let clientSockets = t.client.settled { t.client.socketCount }
-        // Heartbeats keep an idle control channel alive past the timeout.
-        sleepSeconds(3)
-        XCTAssertEqual(t.client.occurrences(of: "no heartbeat"), 0, "heartbeats every 1 s must satisfy a 2 s timeout")
+        let serverSockets = settled { t.server.socketCount }
+        let clientSockets = settled { t.client.socketCount }
+        let idle = channels(of: t.server, t.config)
+        sleepSeconds(8)   // twice the timeout, idle: only the heartbeats keep the channel
+        XCTAssertEqual(t.client.occurrences(of: "no heartbeat"), 0, "heartbeats every 1 s must satisfy a 4 s timeout")
+        XCTAssertTrue(channels(of: t.server, t.config).isSuperset(of: idle), "the idle control channel was replaced")
+
         t.server.signal(SIGSTOP)
-        let detected = t.client.waitForLog("no heartbeat", timeout: 10)
+        let frozenAt = monoNow()
+        let detected = t.client.waitForLog("no heartbeat", timeout: 30)
+        let detectedAfter = monoNow() - frozenAt
         t.server.signal(SIGCONT)
         XCTAssertTrue(detected, "the client did not log a heartbeat timeout while the server was frozen")
-        try waitClientReady(t.client, service: t.name, count: 2, timeout: 15)
-        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works after SIGCONT")
-        // The abandoned session is cleaned up on both sides.
-        XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
+        // The last heartbeat came at most 1 s before the freeze.
+        XCTAssertGreaterThan(detectedAfter, 3, "the client gave up before its 4 s heartbeat timeout")
+        try waitClientReady(t.client, server: t.server, t.config, since: idle)
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 30), "forwarding works after SIGCONT")
+        XCTAssertTrue(waitUntil(timeout: 20) { t.server.socketCount == serverSockets },
                       "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
-        XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
+        XCTAssertTrue(waitUntil(timeout: 20) { t.client.socketCount == clientSockets },
                       "client sockets: \(clientSockets ?? -1) before the freeze, \(t.client.socketCount ?? -1) after")
     }
 
-    /// SIGSTOP freezes the client while visitors keep arriving: the server stays up and closes the
-    /// visitors it cannot serve; after SIGCONT the client works off the backlog of requests and new
-    /// visitors are forwarded, and the channels opened for visitors long gone do not pile up.
+    /// SIGSTOP freezes the client while 60 visitors arrive: those that find an idle data channel are
+    /// relayed into the frozen client and stay open; every other one is closed once no channel has
+    /// arrived for the 10 s patience, and not before. After SIGCONT new visitors are forwarded, and
+    /// the channels opened for visitors long gone do not pile up.
     func testFrozenClientRecoversAfterSIGCONT() throws {
         let echo = keep(try LocalService.echo())
         let t = try startTunnel(local: echo)
         try echoOnce(port: t.publicPort, payload: Array("before the freeze".utf8))
-        let serverSockets = t.server.settled { t.server.socketCount }
+        let serverSockets = settled { t.server.socketCount }
+        let pooled = settled { channels(of: t.server, t.config).count } - 1   // less the control channel
+        XCTAssertGreaterThanOrEqual(pooled, 8, "idle data channels before the freeze")
         t.client.signal(SIGSTOP)
-        // 60 visitors: the first few take pooled channels whose client end is frozen, the rest wait.
+        let frozenAt = monoNow()
         let stranded = try (0..<60).map { i -> Conn in
             let c = try Conn.connect(port: t.publicPort)
             try c.send(Array("stranded \(i)".utf8))
             return c
         }
-        sleepSeconds(12)   // past the 10 s a visitor may wait for a channel
+        var closed: [Int: Double] = [:]
+        let allClosed = waitUntil(timeout: 45, interval: 0.1) {
+            for (i, c) in stranded.enumerated() where closed[i] == nil && c.peerClosed { closed[i] = monoNow() - frozenAt }
+            return closed.count >= 60 - pooled
+        }
         XCTAssertTrue(t.server.isRunning)
-        let closed = stranded.filter { c in
-            switch c.readSome(timeout: 0.5) {
-            case .eof, .error: return true
-            case .data, .timeout: return false
-            }
-        }.count
-        XCTAssertGreaterThanOrEqual(closed, 40, "visitors waiting for a channel are closed after 10 s")
+        XCTAssertTrue(allClosed, "visitors closed: \(closed.count), expected the \(60 - pooled) without a channel")
+        XCTAssertGreaterThan(closed.values.min() ?? 0, 9.5, "a waiting visitor was closed before the 10 s patience")
+        XCTAssertFalse(stranded.enumerated().contains { closed[$0.offset] == nil && $0.element.peerClosed },
+                       "the visitors relayed into the frozen client stay open")
+        XCTAssertEqual(stranded.count - closed.count, pooled, "visitors relayed into the frozen client")
         t.client.signal(SIGCONT)
         stranded.forEach { $0.close() }
-        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works after SIGCONT")
+        XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 30), "forwarding works after SIGCONT")
         for i in 0..<20 { try echoOnce(port: t.publicPort, payload: Array("after the freeze \(i)".utf8)) }
-        XCTAssertTrue(waitUntil(timeout: 15) { (t.server.socketCount ?? .max) <= (serverSockets ?? 0) + 8 },
+        XCTAssertTrue(waitUntil(timeout: 30) { (t.server.socketCount ?? .max) <= (serverSockets ?? 0) + 8 },
                       "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
         XCTAssertTrue(t.server.isRunning && t.client.isRunning)
     }
@@ -299,14 +274,8 @@ final class TunnelTests: E2ETestCase {
     func testLocalServiceDownClosesVisitor() throws {
         // A port that nothing listens on (yet).
         let localPort = Ports.free()
-        let control = Ports.free()
         let publicPort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, services: [("svc", publicPort)]))
-        let client = rathole("client", config: clientConfig(controlPort: control, services: [("svc", localPort)]))
-        try server.start()
-        try waitServerReady(server, service: "svc")
-        try client.start()
-        try waitClientReady(client, service: "svc")
+        let (server, client) = try start(TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: localPort)]))
         for _ in 0..<3 {
             let v = try Conn.connect(port: publicPort)
             try? v.send("anyone?")
@@ -391,7 +360,8 @@ final class TunnelTests: E2ETestCase {
         XCTAssertEqual(ringThreads(of: t.client.pid), ["rathole-ring-0", "rathole-ring-1", "rathole-ring-2"])
 
         for bad in ["0", "many", "-2", "100000"] {
-            let p = rathole("threads-\(bad)", config: serverConfig(controlPort: Ports.free(), services: [("svc", Ports.free())]))
+            let config = TunnelConfig(services: [ServiceSpec("svc", port: Ports.free(), localPort: 1)])
+            let p = rathole("threads-\(bad)", config: config.serverText)
             p.environment["RATHOLE_THREADS"] = bad
             try p.start()
             XCTAssertEqual(p.waitForExit(timeout: 10), .exited(1), "RATHOLE_THREADS=\(bad)")
@@ -402,7 +372,7 @@ final class TunnelTests: E2ETestCase {
     private func ringThreads(of pid: pid_t) -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         return names.compactMap { tid in
-            FeatureSupport.readWhole("/proc/\(pid)/task/\(tid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
+            ProcFS.readWhole("/proc/\(pid)/task/\(tid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
         }.filter { $0.hasPrefix("rathole-ring-") }.sorted()
     }
 

@@ -7,12 +7,13 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
 /// The recorded chunks of 07, per "c<n> C>S" / "c<n> S>C", in order.
 enum Recorded07 {
     static let chunks: [String: [[UInt8]]] = {
-        let path = E2EPaths.packageRoot + "/../shared/wire/07-websocket.hex.txt"
+        let path = Paths.shared + "/wire/07-websocket.hex.txt"
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [:] }
         var out: [String: [[UInt8]]] = [:]
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
@@ -24,7 +25,7 @@ enum Recorded07 {
     }()
 
     static func chunk(_ key: String, _ index: Int) throws -> [UInt8] {
-        guard let list = chunks[key], index < list.count else { throw E2EError("07-websocket.hex.txt has no chunk \(index) of \(key)") }
+        guard let list = chunks[key], index < list.count else { throw TestFailure("07-websocket.hex.txt has no chunk \(index) of \(key)") }
         return list[index]
     }
 
@@ -49,7 +50,7 @@ extension Conn {
         var head: [UInt8] = []
         let deadline = monoNow() + timeout
         while !(head.count >= 4 && head.suffix(4).elementsEqual([13, 10, 13, 10])) {
-            guard head.count < 16384 else { throw E2EError("head longer than 16 KiB") }
+            guard head.count < 16384 else { throw TestFailure("head longer than 16 KiB") }
             head += try readExact(1, timeout: max(0, deadline - monoNow()))
         }
         return head
@@ -82,7 +83,7 @@ extension Conn {
     }
 }
 
-final class WebSocketConformanceTests: E2ETestCase {
+final class WebSocketConformanceTests: EndToEndCase {
     private let wsTables = { (side: String) in "[\(side).transport]\ntype = \"websocket\"\n\n[\(side).transport.websocket]\ntls = false\n" }
 
     private func authDigest(nonce: [UInt8]) -> [UInt8] {
@@ -95,11 +96,12 @@ final class WebSocketConformanceTests: E2ETestCase {
     /// Hello, Ack, CreateDataChannel, StartForwardTcp, the visitor's bytes and the close frame are
     /// the recorded frames (nonce aside); the recorded echo frame reaches the visitor.
     func testServerReplaysScenario07() throws {
-        let control = Ports.free(), publicPort = Ports.free()
-        let server = rathole("server", config: serverConfig(controlPort: control, token: Recorded07.token,
-                                                            services: [("echo", publicPort)]) + wsTables("server"))
+        var config = TunnelConfig(services: [ServiceSpec("echo", port: Ports.free(), localPort: 1)], token: Recorded07.token)
+        config.serverTables = wsTables("server")
+        let (control, publicPort) = (config.controlPort, config.services[0].port)
+        let server = rathole("server", config: config.serverText)
         try server.start()
-        try waitServerReady(server, service: "echo")
+        try waitServerReady(server, config)
 
         let c = try Conn.connect(port: control)
         try c.send(try Recorded07.chunk("c1 C>S", 0))

@@ -7,9 +7,10 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
-final class WebSocketHostileInputTests: FeatureTestCase {
+final class WebSocketHostileInputTests: EndToEndCase {
     private let wsTables = { (side: String) in "[\(side).transport]\ntype = \"websocket\"\n\n[\(side).transport.websocket]\ntls = false\n" }
 
     private struct WSTunnel {
@@ -22,16 +23,12 @@ final class WebSocketHostileInputTests: FeatureTestCase {
 
     private func tunnel() throws -> WSTunnel {
         let echo = keep(try LocalService.echo())
-        let control = Ports.free()
-        let service = FeatureService("ws", port: Ports.free(), localPort: echo.port)
-        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [service], tables: wsTables("server")))
-        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [service], tables: wsTables("client")))
-        try server.start()
-        try waitServerReady(server, service: "ws")
-        try client.start()
-        try waitClientReady(client, service: "ws")
-        try echoOnce(port: service.port, payload: Array("before".utf8))
-        return WSTunnel(server: server, client: client, control: control, publicPort: service.port, echo: echo)
+        var config = TunnelConfig(services: [ServiceSpec("ws", port: Ports.free(), localPort: echo.port)])
+        config.serverTables = wsTables("server")
+        config.clientTables = wsTables("client")
+        let (server, client) = try start(config)
+        try echoOnce(port: config.services[0].port, payload: Array("before".utf8))
+        return WSTunnel(server: server, client: client, control: config.controlPort, publicPort: config.services[0].port, echo: echo)
     }
 
     /// A visitor relayed through the tunnel while the hostile input goes on: it sends a chunk and
@@ -51,7 +48,7 @@ final class WebSocketHostileInputTests: FeatureTestCase {
                     let chunk = patternBytes(count: 3000 + round % 5000, seed: UInt64(round + 1))
                     do {
                         try conn.send(chunk)
-                        guard try conn.readExact(chunk.count, timeout: 10) == chunk else { throw E2EError("wrong bytes") }
+                        guard try conn.readExact(chunk.count, timeout: 10) == chunk else { throw TestFailure("wrong bytes") }
                     } catch {
                         result.withLock { $0.error = "round \(round): \(error)" }
                         return
@@ -91,7 +88,7 @@ final class WebSocketHostileInputTests: FeatureTestCase {
         XCTAssertEqual(String(decoding: got, as: UTF8.self), String(decoding: reply, as: UTF8.self), what, file: file, line: line)
         let peer = "connection from 127.0.0.1:\(port): "
         XCTAssertTrue(t.server.waitForLog(peer, timeout: 5), "\(what): no log line naming 127.0.0.1:\(port)", file: file, line: line)
-        let lines = FeatureSupport.lines(of: t.server.log, containing: peer)
+        let lines = t.server.lines(containing: peer)
         XCTAssertEqual(lines.count, 1, "\(what): one line", file: file, line: line)
         XCTAssertTrue(lines.first?.contains(expected) == true, "\(what): \(lines)", file: file, line: line)
     }
@@ -212,8 +209,9 @@ final class WebSocketHostileInputTests: FeatureTestCase {
     func testClientRefusesBadServers() throws {
         let fake = try Listener()
         let echo = keep(try LocalService.echo())
-        let client = rathole("client", config: FeatureConfig.client(remotePort: fake.port, services: [
-            FeatureService("ws", port: 1, localPort: echo.port)], tables: wsTables("client")))
+        var config = TunnelConfig(controlPort: fake.port, services: [ServiceSpec("ws", port: 1, localPort: echo.port)])
+        config.clientTables = wsTables("client")
+        let client = rathole("client", config: config.clientText)
         try client.start()
         let answers: [(String, ([UInt8]) -> [UInt8], String)] = [
             ("404", { _ in Array("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".utf8) }, "the server answered \"HTTP/1.1 404 Not Found\""),

@@ -6,9 +6,10 @@
 import ControlPlane
 import Foundation
 import Glibc
+import TestKit
 import XCTest
 
-final class WebSocketTransportTests: FeatureTestCase {
+final class WebSocketTransportTests: EndToEndCase {
     static let p12Password = "ws p12 pass"
 
     /// `[side.transport]` for websocket; with TLS, the TLS keys of the test certificates.
@@ -26,7 +27,7 @@ final class WebSocketTransportTests: FeatureTestCase {
 
     private func certs() throws -> String {
         let d = dir + "/certs"
-        if !FileManager.default.fileExists(atPath: d + "/server.p12") { try FeatureSupport.makeCerts(in: d, password: Self.p12Password) }
+        if !FileManager.default.fileExists(atPath: d + "/server.p12") { try Programs.makeCerts(in: d, password: Self.p12Password) }
         return d
     }
 
@@ -36,7 +37,7 @@ final class WebSocketTransportTests: FeatureTestCase {
         let tcpPort: UInt16
         let udpPort: UInt16
         let echo: LocalService
-        let udpEcho: FeatureUDPEcho
+        let udpEcho: UDPEcho
     }
 
     /// A server and a client with a TCP and a UDP echo service; the client reaches the server at
@@ -44,18 +45,14 @@ final class WebSocketTransportTests: FeatureTestCase {
     private func start(serverTables: String, clientTables: String, control: UInt16 = Ports.free(),
                        remotePort: UInt16? = nil) throws -> Setup {
         let echo = keep(try LocalService.echo())
-        let udpEcho = try FeatureUDPEcho()
-        featureCleanup { udpEcho.stop() }
-        let services = [FeatureService("wstcp", port: Ports.free(), localPort: echo.port),
-                        FeatureService("wsudp", type: "udp", port: Ports.free(), localPort: udpEcho.port)]
-        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: services, tables: serverTables))
-        let client = rathole("client", config: FeatureConfig.client(remotePort: remotePort ?? control, services: services,
-                                                                     tables: clientTables))
-        try server.start()
-        for s in services { try waitServerReady(server, service: s.name) }
-        try client.start()
-        for s in services { try waitClientReady(client, service: s.name) }
-        return Setup(server: server, client: client, tcpPort: services[0].port, udpPort: services[1].port, echo: echo, udpEcho: udpEcho)
+        let udpEcho = keep(try UDPEcho())
+        var config = TunnelConfig(controlPort: control, services: [ServiceSpec("wstcp", port: Ports.free(), localPort: echo.port),
+                                                                   ServiceSpec("wsudp", type: "udp", port: Ports.freeUDP(), localPort: udpEcho.port)])
+        config.serverTables = serverTables
+        config.clientTables = clientTables
+        if let remotePort { config.remoteAddr = "127.0.0.1:\(remotePort)" }
+        let (server, client) = try start(config)
+        return Setup(server: server, client: client, tcpPort: config.services[0].port, udpPort: config.services[1].port, echo: echo, udpEcho: udpEcho)
     }
 
     /// Echoes of several sizes, `big` bytes hashed, 50 concurrent connections, datagrams.
@@ -63,12 +60,12 @@ final class WebSocketTransportTests: FeatureTestCase {
         for (i, size) in [1, 5000, 200_000].enumerated() {
             XCTAssertNoThrow(try echoOnce(port: s.tcpPort, payload: patternBytes(count: size, seed: UInt64(i + 1))), "\(what): \(size) bytes")
         }
-        XCTAssertNoThrow(try FeatureSupport.echoTransfer(port: s.tcpPort, data: Array(FeatureSupport.big.prefix(big))), "\(what): \(big >> 20) MiB")
-        let failures = FeatureSupport.concurrentEchoes(port: s.tcpPort, count: concurrent)
+        XCTAssertNoThrow(try echoTransfer(port: s.tcpPort, data: Array(bigPattern.prefix(big))), "\(what): \(big >> 20) MiB")
+        let failures = concurrentEchoes(port: s.tcpPort, count: concurrent)
         XCTAssertEqual(failures, [], "\(what): \(failures.count) of \(concurrent) concurrent connections failed")
         XCTAssertEqual(s.echo.accepted, 3 + 1 + concurrent, "\(what): one local connection per visitor")
 
-        let visitor = try FeatureUDPSocket()
+        let visitor = try UDPSocket()
         defer { visitor.close() }
         for (i, size) in [1, 100, 1400, 2000].enumerated() {
             let datagram = patternBytes(count: size, seed: UInt64(100 + i))
@@ -76,7 +73,7 @@ final class WebSocketTransportTests: FeatureTestCase {
         }
         XCTAssertTrue(s.server.isRunning && s.client.isRunning, what)
         for p in [s.server, s.client] {
-            XCTAssertTrue(FeatureSupport.lines(of: p.log, containing: "WARN").isEmpty && FeatureSupport.lines(of: p.log, containing: "ERROR").isEmpty,
+            XCTAssertTrue(p.lines(containing: "WARN").isEmpty && p.lines(containing: "ERROR").isEmpty,
                           "\(what): \(p.name) complained:\n\(p.log)")
         }
     }
@@ -96,19 +93,19 @@ final class WebSocketTransportTests: FeatureTestCase {
     /// wss to a server whose certificate the client does not trust: refused, nothing forwarded.
     func testSecureWebSocketUntrustedCertificateRefused() throws {
         let echo = keep(try LocalService.echo())
-        let control = Ports.free()
-        let service = FeatureService("wss", port: Ports.free(), localPort: echo.port)
+        let service = ServiceSpec("wss", port: Ports.free(), localPort: echo.port)
         let d = try certs()
-        let server = rathole("server", config: FeatureConfig.server(controlPort: control, services: [service],
-                                                                     tables: try tables("server", tls: true)))
-        let client = rathole("client", config: FeatureConfig.client(remotePort: control, services: [service], tables:
-            "[client.transport]\ntype = \"websocket\"\n\n[client.transport.websocket]\ntls = true\n\n"
-            + "[client.transport.tls]\ntrusted_root = \"\(d)/other-ca.pem\"\nhostname = \"localhost\"\n"))
+        var config = TunnelConfig(services: [service])
+        config.serverTables = try tables("server", tls: true)
+        config.clientTables = "[client.transport]\ntype = \"websocket\"\n\n[client.transport.websocket]\ntls = true\n\n"
+            + "[client.transport.tls]\ntrusted_root = \"\(d)/other-ca.pem\"\nhostname = \"localhost\"\n"
+        let server = rathole("server", config: config.serverText)
+        let client = rathole("client", config: config.clientText)
         try server.start()
-        try waitServerReady(server, service: "wss")
+        try waitServerReady(server, config)
         try client.start()
         XCTAssertTrue(client.waitForLog("cannot connect to server", timeout: 15), client.log)
-        try featureAssertNothingForwarded(publicPort: service.port, local: echo)
+        try assertNothingForwarded(publicPort: service.port, local: echo)
     }
 
     /// A FIN is a close frame, one each way: after the visitor's FIN the service's answer still
@@ -124,17 +121,12 @@ final class WebSocketTransportTests: FeatureTestCase {
                 let got = try? conn.readToEOF(timeout: 30)
                 received.withLock { $0 = got }
             })
-            let control = Ports.free()
-            let services = [FeatureService("answering", port: Ports.free(), localPort: answering.port),
-                            FeatureService("closing", port: Ports.free(), localPort: closing.port)]
-            let server = rathole("server-\(what)", config: FeatureConfig.server(controlPort: control, services: services,
-                                                                               tables: try tables("server", tls: tls)))
-            let client = rathole("client-\(what)", config: FeatureConfig.client(remotePort: control, services: services,
-                                                                               tables: try tables("client", tls: tls)))
-            try server.start()
-            for s in services { try waitServerReady(server, service: s.name) }
-            try client.start()
-            for s in services { try waitClientReady(client, service: s.name) }
+            let services = [ServiceSpec("answering", port: Ports.free(), localPort: answering.port),
+                            ServiceSpec("closing", port: Ports.free(), localPort: closing.port)]
+            var config = TunnelConfig(services: services)
+            config.serverTables = try tables("server", tls: tls)
+            config.clientTables = try tables("client", tls: tls)
+            let (server, client) = try start(config, serverName: "server-\(what)", clientName: "client-\(what)")
 
             let v = try Conn.connect(port: services[0].port)
             XCTAssertEqual(String(decoding: try v.readExact(9, timeout: 15), as: UTF8.self), "greeting;", what)
@@ -158,7 +150,7 @@ final class WebSocketTransportTests: FeatureTestCase {
     // MARK: Through an HTTP CONNECT proxy
 
     private func startTinyproxy(connectPort: UInt16) throws -> UInt16 {
-        let binary = try FeatureSupport.requireProgram("tinyproxy", package: "tinyproxy")
+        let binary = try Programs.require("tinyproxy", package: "tinyproxy")
         let port = Ports.free()
         let conf = writeFile("tinyproxy-\(port).conf", """
             Port \(port)
@@ -170,9 +162,9 @@ final class WebSocketTransportTests: FeatureTestCase {
             ConnectPort \(connectPort)
 
             """)
-        let p = featureProgram("tinyproxy-\(port)", [binary, "-d", "-c", conf])
+        let p = program("tinyproxy-\(port)", [binary, "-d", "-c", conf])
         try p.start()
-        guard waitForPortOpen(port, timeout: 10) else { throw E2EError("tinyproxy did not listen on \(port):\n\(p.log)") }
+        guard waitForPortOpen(port, timeout: 10) else { throw TestFailure("tinyproxy did not listen on \(port):\n\(p.log)") }
         return port
     }
 
@@ -194,29 +186,30 @@ final class WebSocketTransportTests: FeatureTestCase {
     private func pythonWithWebsockets() throws -> String {
         let candidates = ["/usr/bin/python3"] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/python3" }
         for p in candidates where access(p, X_OK) == 0 {
-            if (try? FeatureSupport.run([p, "-c", "import websockets.sync.server"]))?.status == 0 { return p }
+            if (try? Programs.run([p, "-c", "import websockets.sync.server"]))?.status == 0 { return p }
         }
-        throw E2EError("no python3 can import websockets (>= 13): run scripts/install-deps (it installs it with pip)")
+        throw TestFailure("no python3 can import websockets (>= 13): run scripts/install-deps (it installs it with pip)")
     }
 
     /// Starts ws_bridge.py; returns the process and the port it listens on.
-    private func startBridge(_ mode: String, to port: UInt16) throws -> (FeatureProcess, UInt16) {
-        let script = E2EPaths.packageRoot + "/Tests/ControlPlaneTests/Fixtures/ws_bridge.py"
-        let p = featureProgram("ws-bridge-\(mode)", [try pythonWithWebsockets(), script, mode, "--to", "\(port)", "--ping", "0.1", "--fragment"])
+    private func startBridge(_ mode: String, to port: UInt16) throws -> (ExternalProgram, UInt16) {
+        let script = Paths.packageRoot + "/Tests/ControlPlaneTests/Fixtures/ws_bridge.py"
+        let p = program("ws-bridge-\(mode)", [try pythonWithWebsockets(), script, mode, "--to", "\(port)", "--ping", "0.1", "--fragment"])
         try p.start()
         var listening: UInt16?
         _ = waitUntil(timeout: 20) {
             listening = p.log.split(separator: "\n").first { $0.hasPrefix("ready ") }.flatMap { UInt16($0.dropFirst(6)) }
             return listening != nil || !p.isRunning
         }
-        guard let listening else { throw E2EError("ws_bridge.py \(mode) did not start:\n\(p.log)") }
+        guard let listening else { throw TestFailure("ws_bridge.py \(mode) did not start:\n\(p.log)") }
         return (p, listening)
     }
 
-    private func checkBridge(_ bridge: FeatureProcess, _ what: String) {
+    private func checkBridge(_ bridge: ExternalProgram, _ what: String) {
         let log = bridge.log
-        XCTAssertTrue(FeatureSupport.lines(of: log, containing: "ERROR").isEmpty, "\(what): the websockets peer objected:\n\(log)")
-        let pongs = FeatureSupport.lines(of: log, containing: "end ").compactMap { line in
+        let lines = log.split(separator: "\n")
+        XCTAssertTrue(lines.filter { $0.contains("ERROR") }.isEmpty, "\(what): the websockets peer objected:\n\(log)")
+        let pongs = lines.filter { $0.contains("end ") }.compactMap { line in
             line.split(separator: " ").first { $0.hasPrefix("pongs=") }.flatMap { Int($0.dropFirst(6)) }
         }.reduce(0, +)
         XCTAssertGreaterThan(pongs, 0, "\(what): our side answered the bridge's pings:\n\(log)")

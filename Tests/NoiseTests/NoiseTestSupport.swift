@@ -47,12 +47,19 @@ let testsDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 let repositoryRoot = testsDirectory.deletingLastPathComponent().deletingLastPathComponent()
 let sharedDirectory = repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared")
 
+/// A file in ../shared (the vectors, the recorded sessions). CI always has it: a missing file is a
+/// failure, as in the transcript tests, never a skip that would hide it.
 func sharedFile(_ relative: String) throws -> URL {
     let url = sharedDirectory.appendingPathComponent(relative)
     guard FileManager.default.fileExists(atPath: url.path) else {
-        throw XCTSkip("shared file \(url.path) is missing (shared/ must sit beside the repository)")
+        throw MissingSharedFile(path: url.path)
     }
     return url
+}
+
+struct MissingSharedFile: Error, CustomStringConvertible {
+    let path: String
+    var description: String { "shared file \(path) is missing (shared/ must sit beside the repository, as in CI)" }
 }
 
 /// Runs a full handshake between two in-memory sessions.
