@@ -8,17 +8,15 @@ import Synchronization
 final class DataChannelOpener: Sendable {
     static let maxOpening = 64
 
-    let service: ClientServiceConfig
+    let service: ClientService
     let remote: Endpoint
     let sessionKey: Digest
-    let connections: ConnectionSet
     private let counts = Mutex<(opening: Int, queued: Int)>((0, 0))
 
-    init(service: ClientServiceConfig, remote: Endpoint, sessionKey: Digest, connections: ConnectionSet) {
+    init(service: ClientService, remote: Endpoint, sessionKey: Digest) {
         self.service = service
         self.remote = remote
         self.sessionKey = sessionKey
-        self.connections = connections
     }
 
     /// `count` more channels were asked for; returns how many to start opening now.
@@ -97,17 +95,4 @@ struct Backoff {
     }
 
     mutating func reset() { step = Self.first }
-}
-
-extension ByteStream {
-    /// Writes the first message on a new connection: straight into the socket's empty buffer when
-    /// the stream is a plain socket (no ring round trip), else through the stream.
-    func writeFirstMessage(_ message: some WireMessage) async throws(ControlError) {
-        let bytes = message.encode()
-        var sent = 0
-        if let fd = spliceableFD {
-            sent = bytes.withUnsafeBytes { (try? Socket.sendNow(fd, $0)) ?? 0 }
-        }
-        if sent < bytes.count { try await writeBytes(Array(bytes[sent...])) }
-    }
 }

@@ -3,13 +3,13 @@ import Synchronization
 
 /// A visitor accepted on a service port that has no data channel yet. The pool owns its socket
 /// while it waits.
-struct WaitingVisitor {
-    let fd: Int32
+struct WaitingVisitor: Sendable {
+    let socket: SocketStream
     let since: ContinuousClock.Instant
 }
 
 /// An idle data channel and the session whose client opened it.
-struct PooledChannel {
+struct PooledChannel: Sendable {
     let stream: ByteStream
     let sessionKey: Digest
 }
@@ -213,7 +213,7 @@ final class DataChannelPool: Sendable {
         resumed.forEach { $0.resume() }
         surplus.forEach { $0.stream.close() }
         for visitor in expired {
-            Socket.close(visitor.fd)
+            visitor.socket.close()
             budget.release()
         }
         return expired.count
@@ -235,7 +235,7 @@ final class DataChannelPool: Sendable {
         }
         idle.forEach { $0.stream.close() }
         for visitor in waiting {
-            Socket.close(visitor.fd)
+            visitor.socket.close()
             budget.release()
         }
         resumed.forEach { $0.resume() }

@@ -48,20 +48,16 @@ struct NoiseTransport: Transport {
     }
 
     func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        try await tcp.connectSecured(to: endpoint, on: ring, name: "noise", makeSession: makeSession)
+        try await tcp.connectSecured(to: endpoint, on: ring, layer: "noise", makeSession: makeSession)
     }
 
-    func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        try await tcp.acceptSecured(fd: fd, on: ring, name: "noise", makeSession: makeSession)
+    func accept(_ socket: SocketStream, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        try await tcp.acceptSecured(socket, on: ring, layer: "noise", makeSession: makeSession)
     }
 
-    private func makeSession() throws(TransportError) -> NoiseSecureSession {
-        do {
-            return NoiseSecureSession(try NoiseSession(protocol: noiseProtocol, role: role, localStaticKey: localKey,
-                                                       remoteStaticKey: remoteKey))
-        } catch {
-            throw TransportError("noise: \(error)")
-        }
+    private func makeSession() throws(NoiseError) -> NoiseSecureSession {
+        NoiseSecureSession(try NoiseSession(protocol: noiseProtocol, role: role, localStaticKey: localKey,
+                                            remoteStaticKey: remoteKey))
     }
 }
 
@@ -77,53 +73,45 @@ final class NoiseSecureSession: SecureSession {
 
     init(_ noise: NoiseSession) { self.noise = noise }
 
-    func advanceHandshake() throws(TransportError) -> Bool {
-        do {
-            while !noise.isHandshakeComplete {
-                if noise.isMyTurnToWrite {
-                    output.append(try noise.nextHandshakeMessage())
-                    continue
-                }
-                let processed = try input.withReadable { bytes throws(NoiseError) -> (Int, Int) in
-                    (bytes.count, try noise.readHandshakeMessage(bytes))
-                }
-                if processed == 0 { return false }
+    func advanceHandshake() throws(NoiseError) -> Bool {
+        while !noise.isHandshakeComplete {
+            if noise.isMyTurnToWrite {
+                output.append(try noise.nextHandshakeMessage())
+                continue
             }
-            return true
-        } catch {
-            throw TransportError(error.description)
+            let processed = try input.withReadable { bytes throws(NoiseError) -> (Int, Int) in
+                (bytes.count, try noise.readHandshakeMessage(bytes))
+            }
+            if processed == 0 { return false }
         }
+        return true
     }
 
-    func inputSpace() throws(TransportError) -> UnsafeMutableRawBufferPointer {
+    func inputSpace() throws(NoiseError) -> UnsafeMutableRawBufferPointer {
         input.reserve(64 * 1024 + 2)
     }
 
-    func commitInput(_ count: Int) throws(TransportError) { input.commit(count) }
+    func commitInput(_ count: Int) throws(NoiseError) { input.commit(count) }
 
     func inputEnded() { ended = true }
 
-    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> SecureRead {
+    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(NoiseError) -> SecureRead {
         if !plain.isEmpty { return .bytes(copyPlain(into: buffer)) }
-        do {
-            // A frame only decrypts into space that holds all of it: small reads go through `plain`.
-            let direct = buffer.count >= NoiseConstants.maxPlaintextLength
-            let target = direct ? buffer : plain.reserve(NoiseConstants.maxPlaintextLength)
-            // The session buffers partial frames itself; hand it everything received so far.
-            let written = try input.withReadable { bytes throws(NoiseError) -> (Int, Int) in
-                try noise.open(bytes, into: target)
-            }
-            if written > 0 {
-                if direct { return .bytes(written) }
-                plain.commit(written)
-                return .bytes(copyPlain(into: buffer))
-            }
-            if ended { return .closed }
-            if noise.bufferedInputCount == 0 { noise.releaseIdleBuffers() }
-            return .wantInput
-        } catch {
-            throw TransportError(error.description)
+        // A frame only decrypts into space that holds all of it: small reads go through `plain`.
+        let direct = buffer.count >= NoiseConstants.maxPlaintextLength
+        let target = direct ? buffer : plain.reserve(NoiseConstants.maxPlaintextLength)
+        // The session buffers partial frames itself; hand it everything received so far.
+        let written = try input.withReadable { bytes throws(NoiseError) -> (Int, Int) in
+            try noise.open(bytes, into: target)
         }
+        if written > 0 {
+            if direct { return .bytes(written) }
+            plain.commit(written)
+            return .bytes(copyPlain(into: buffer))
+        }
+        if ended { return .closed }
+        if noise.bufferedInputCount == 0 { noise.releaseIdleBuffers() }
+        return .wantInput
     }
 
     var hasBufferedInput: Bool { !plain.isEmpty || !input.isEmpty || noise.bufferedInputCount > 0 }
@@ -135,13 +123,9 @@ final class NoiseSecureSession: SecureSession {
         return n
     }
 
-    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(TransportError) {
+    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(NoiseError) {
         let space = output.reserve(NoiseSession.sealedSize(plaintextCount: buffer.count))
-        do {
-            output.commit(try noise.seal(buffer, into: space))
-        } catch {
-            throw TransportError(error.description)
-        }
+        output.commit(try noise.seal(buffer, into: space))
     }
 
     var pendingOutput: UnsafeRawBufferPointer { output.readable }

@@ -1,21 +1,21 @@
 import DataPlane
-import Glibc
 
 /// What an encrypted session (TLS, Noise) offers a stream: ciphertext in, plaintext out and back.
 /// Pure state machines; `SecureStream` does the socket I/O for them.
 protocol SecureSession: AnyObject {
+    associatedtype Failure: Error & Sendable
     /// Advances the handshake as far as the input allows; true once it is complete.
-    func advanceHandshake() throws(TransportError) -> Bool
+    func advanceHandshake() throws(Failure) -> Bool
     /// Space to receive ciphertext into, then `commitInput` with what arrived.
-    func inputSpace() throws(TransportError) -> UnsafeMutableRawBufferPointer
-    func commitInput(_ count: Int) throws(TransportError)
+    func inputSpace() throws(Failure) -> UnsafeMutableRawBufferPointer
+    func commitInput(_ count: Int) throws(Failure)
     /// The peer closed the connection.
     func inputEnded()
     /// Plaintext from the input received so far.
-    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> SecureRead
+    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(Failure) -> SecureRead
     /// True when `readPlaintext` may return something without new input.
     var hasBufferedInput: Bool { get }
-    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(TransportError)
+    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(Failure)
     /// Ciphertext waiting to be sent; `consumeOutput` after sending some.
     var pendingOutput: UnsafeRawBufferPointer { get }
     func consumeOutput(_ count: Int)
@@ -29,63 +29,63 @@ enum SecureRead {
     case closed
 }
 
-/// An encrypted stream over a TCP socket. Every operation runs on the stream's home ring, so the
-/// session (not thread-safe) is only ever touched from one thread; concurrent reader and writer
-/// tasks interleave only at their awaits.
-final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendable {
-    let fd: Int32
+/// An encrypted stream over a TCP socket, which it owns. Every operation runs on the stream's home
+/// ring, so the session (not thread-safe) is only ever touched from one thread; concurrent reader
+/// and writer tasks interleave only at their awaits.
+final class SecureStream<Session: SecureSession>: ByteStream {
+    let socket: SocketStream
     let ring: RingExecutor
-    private let session: Session
-    private var flushing = false
-    private var flushWaiters: [UnsafeContinuation<Void, Never>] = []
-    private var closed = false
-    /// The peer's FIN was read: nothing more can arrive.
-    private var peerFinished = false
+    private let state: RingBound<State>
 
-    init(fd: Int32, ring: RingExecutor, session: Session) {
-        self.fd = fd
-        self.ring = ring
-        self.session = session
+    private final class State {
+        let session: Session
+        var flushing = false
+        var flushWaiters: [UnsafeContinuation<Void, Never>] = []
+        /// The peer's FIN was read: nothing more can arrive.
+        var peerFinished = false
+        init(_ session: Session) { self.session = session }
     }
 
-    var spliceableFD: Int32? { nil }
+    init(over socket: SocketStream, ring: RingExecutor, session: Session) {
+        self.socket = socket
+        self.ring = ring
+        state = RingBound(State(session), ring: ring)
+    }
 
     /// Runs the handshake to completion (bounded by the caller's timeout).
-    func handshake() async throws(TransportError) {
-        do throws(IOError) {
-            try await ring.onRing { () async throws(IOError) in
-                while true {
-                    let done: Bool
-                    do throws(TransportError) { done = try session.advanceHandshake() } catch { throw .system(Errno(EPROTO), operation: error.description) }
-                    try await flush()
-                    if done { return }
-                    if try await fill(timeout: nil) == 0 {
-                        throw IOError.system(Errno(ECONNRESET), operation: "handshake: connection closed by peer")
-                    }
-                }
+    func handshake() async throws(IOError) {
+        try await ring.onRing { () async throws(IOError) in
+            let s = state.value
+            while true {
+                let done = try Self.layer { () throws(Session.Failure) in try s.session.advanceHandshake() }
+                try await flush()
+                if done { return }
+                if try await fill(timeout: nil) == 0 { throw IOError.endOfStream }
             }
-        } catch {
-            if case .system(_, let why) = error { throw TransportError(why) }
-            throw TransportError(error)
         }
+    }
+
+    /// A session failure as what the stream's operations throw.
+    private static func layer<T>(_ body: () throws(Session.Failure) -> T) throws(IOError) -> T {
+        do { return try body() } catch { throw .layer(error) }
     }
 
     func waitReadable() async throws(IOError) {
         try await ring.onRing { () async throws(IOError) in
-            if session.hasBufferedInput { return }
-            _ = try await ring.poll(fd, events: Socket.readableEvents)
+            if state.value.session.hasBufferedInput { return }
+            try await socket.waitReadable()
         }
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async throws(IOError) -> Int {
         try await ring.onRing { () async throws(IOError) -> Int in
+            let s = state.value
             while true {
-                let result: SecureRead
-                do throws(TransportError) { result = try session.readPlaintext(into: buffer) } catch { throw .system(Errno(EBADMSG), operation: error.description) }
+                let result = try Self.layer { () throws(Session.Failure) in try s.session.readPlaintext(into: buffer) }
                 // What reading produced (TLS alerts, tickets) goes out now; but while a writer is
                 // flushing, it sends that too: waiting for it here would stop this reader whenever
                 // the peer is slow to read, and with both ends doing that at once, deadlock.
-                if !flushing && !session.pendingOutput.isEmpty { try await flush() }
+                if !s.flushing && !s.session.pendingOutput.isEmpty { try await flush() }
                 switch result {
                 case .bytes(let n): return n
                 case .closed: return 0
@@ -97,24 +97,27 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
 
     func write(_ buffer: UnsafeRawBufferPointer) async throws(IOError) {
         try await ring.onRing { () async throws(IOError) in
-            do throws(TransportError) { try session.writePlaintext(buffer) } catch { throw .system(Errno(EPROTO), operation: error.description) }
+            let s = state.value
+            try Self.layer { () throws(Session.Failure) in try s.session.writePlaintext(buffer) }
             try await flush()
         }
     }
 
     func shutdownWrite() async {
         try? await ring.onRing { () async throws(IOError) in
-            session.finishWriting()
+            state.value.session.finishWriting()
             try await flush()
-            Socket.shutdownWrite(fd)
+            await socket.shutdownWrite()
         }
     }
 
-    func close() {
-        guard !closed else { return }
-        closed = true
-        Socket.close(fd)
-    }
+    func shutdown() { socket.shutdown() }
+
+    func close() { socket.close() }
+
+    var isAlive: Bool { socket.isAlive }
+
+    var peerAddress: SocketAddress? { socket.peerAddress }
 
     /// Reads and drops what the peer still sends after its close_notify (or after a websocket
     /// close frame on top) until its FIN, so that closing does not reset the connection.
@@ -123,10 +126,10 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
             let deadline = ContinuousClock.now + grace
             let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
             defer { scratch.deallocate() }
-            while !peerFinished && !closed {
+            while !state.value.peerFinished {
                 let left = deadline - .now
                 guard left > .zero else { break }
-                if try await ring.recv(fd, into: scratch, timeout: left) == 0 { peerFinished = true }
+                if try await socket.read(into: scratch, timeout: left) == 0 { state.value.peerFinished = true }
             }
         }
         close()
@@ -134,14 +137,14 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
 
     /// Receives ciphertext into the session; returns the bytes received (0: the peer closed).
     private func fill(timeout: Duration?) async throws(IOError) -> Int {
-        let space: UnsafeMutableRawBufferPointer
-        do throws(TransportError) { space = try session.inputSpace() } catch { throw .system(Errno(ENOMEM), operation: error.description) }
-        let n = try await ring.recv(fd, into: space, timeout: timeout)
+        let s = state.value
+        let space = try Self.layer { () throws(Session.Failure) in try s.session.inputSpace() }
+        let n = try await socket.read(into: space, timeout: timeout)
         if n == 0 {
-            peerFinished = true
-            session.inputEnded()
+            s.peerFinished = true
+            s.session.inputEnded()
         } else {
-            do throws(TransportError) { try session.commitInput(n) } catch { throw .system(Errno(EBADMSG), operation: error.description) }
+            try Self.layer { () throws(Session.Failure) in try s.session.commitInput(n) }
         }
         return n
     }
@@ -149,57 +152,57 @@ final class SecureStream<Session: SecureSession>: ByteStream, @unchecked Sendabl
     /// Sends all pending ciphertext. One flusher at a time: a second caller waits for the first,
     /// then sends whatever it added meanwhile.
     private func flush() async throws(IOError) {
-        while flushing {
-            await withUnsafeContinuation { flushWaiters.append($0) }
+        let s = state.value
+        while s.flushing {
+            await withUnsafeContinuation { s.flushWaiters.append($0) }
         }
-        flushing = true
+        s.flushing = true
         defer {
-            flushing = false
-            if !flushWaiters.isEmpty { flushWaiters.removeFirst().resume() }
+            s.flushing = false
+            if !s.flushWaiters.isEmpty { s.flushWaiters.removeFirst().resume() }
         }
         while true {
-            let pending = session.pendingOutput
+            let pending = s.session.pendingOutput
             if pending.isEmpty { return }
-            let n = try await ring.send(fd, pending)
-            session.consumeOutput(n)
+            try await socket.write(pending)
+            s.session.consumeOutput(pending.count)
         }
     }
 }
 
 extension TCPTransport {
-    /// A TCP connection with an encrypted session on top, handshake done.
+    /// A TCP connection with an encrypted session on top, handshake done. `layer` ("tls",
+    /// "noise") names it in errors.
     func connectSecured<Session: SecureSession>(
-        to endpoint: Endpoint, on ring: RingExecutor, name: String, makeSession: () throws(TransportError) -> Session
+        to endpoint: Endpoint, on ring: RingExecutor, layer: String, makeSession: () throws(Session.Failure) -> Session
     ) async throws(TransportError) -> ByteStream {
-        let raw = try await connect(to: endpoint, on: ring)
-        return try await secure(raw.fd, on: ring, name: name, makeSession: makeSession)
+        let socket = try await connectSocket(to: endpoint, on: ring)
+        return try await secure(socket, on: ring, layer: layer, makeSession: makeSession)
     }
 
     /// The server side of the same: an accepted socket, secured.
     func acceptSecured<Session: SecureSession>(
-        fd: Int32, on ring: RingExecutor, name: String, makeSession: () throws(TransportError) -> Session
+        _ socket: SocketStream, on ring: RingExecutor, layer: String, makeSession: () throws(Session.Failure) -> Session
     ) async throws(TransportError) -> ByteStream {
-        _ = try await accept(fd: fd, on: ring)
-        return try await secure(fd, on: ring, name: name, makeSession: makeSession)
+        try await secure(socket, on: ring, layer: layer, makeSession: makeSession)
     }
 
-    /// `name` ("tls", "noise") starts the error lines.
     private func secure<Session: SecureSession>(
-        _ fd: Int32, on ring: RingExecutor, name: String, makeSession: () throws(TransportError) -> Session
+        _ socket: SocketStream, on ring: RingExecutor, layer: String, makeSession: () throws(Session.Failure) -> Session
     ) async throws(TransportError) -> ByteStream {
         let session: Session
         do {
             session = try makeSession()
         } catch {
-            Socket.close(fd)
-            throw error
+            socket.close()
+            throw .setup(layer: layer, error)
         }
-        let stream = SecureStream(fd: fd, ring: ring, session: session)
+        let stream = SecureStream(over: socket, ring: ring, session: session)
         do {
             try await stream.handshake()
         } catch {
             stream.close()
-            throw TransportError("\(name) handshake: \(error)")
+            throw .handshake(layer: layer, error)
         }
         return stream
     }

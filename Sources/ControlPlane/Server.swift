@@ -1,10 +1,15 @@
 import DataPlane
-import Glibc
 import Logging
 import Synchronization
 
 /// The public side: accepts control and data channels from clients on `bind_addr`, and visitors on
 /// each service's `bind_addr`, and pairs every visitor with a data channel.
+///
+/// Ownership: the server owns its control listener and the accept loops on it (one per ring);
+/// each loop owns the handshakes it starts, and a handshake that becomes a control channel runs
+/// that session to its end. Each service (`ServiceEntry`) owns its listener, its accept loops,
+/// its pool and its relays. `shutdown` stops everything from accepting; what is being relayed
+/// goes on until it ends.
 public final class Server: Sendable {
     let config: ServerConfig
     let group: RingGroup
@@ -19,8 +24,11 @@ public final class Server: Sendable {
     static let maxPendingHandshakes = 4096
     static let handshakeTimeout: Duration = .seconds(5)
 
-    private let controlListener = Mutex<Int32?>(nil)
-    private let tasks = Mutex<[Task<Void, Never>]>([])
+    private let controlListener = Mutex<TCPListener?>(nil)
+    /// The accept loops on the control port (they end when its listener is shut down).
+    private let acceptLoops = TaskScope()
+    /// The pool sweeper and removed services' grace timers (cancelled at shutdown).
+    private let housekeeping = TaskScope()
     /// The first bind attempt of each service port of the config: `listening()` waits for them.
     private let firstBinds: Countdown
 
@@ -43,44 +51,40 @@ public final class Server: Sendable {
     /// told its service does not exist.
     public func start() throws(StartError) {
         let bind = config.bindAddr.socketAddress
-        let listener: Int32
+        let listener: TCPListener
         do {
-            listener = try Socket.listen(bind)
+            listener = try TCPListener(bind)
+            // Accepted channels inherit these. Every client speaks first, so an accept completes
+            // with its first message there (a silent connection is handed over after a second, to
+            // the handshake timeout).
+            let tcp = config.transport.tcp
+            try listener.setNoDelay(tcp.nodelay)
+            try listener.setKeepAlive(idle: Int(tcp.keepaliveSecs), interval: Int(tcp.keepaliveInterval))
+            try listener.setDeferAccept(seconds: 1)
         } catch {
             throw StartError("cannot listen on \(bind) (server.bind_addr): \(error)")
         }
-        // Accepted channels inherit these. Every client speaks first, so an accept completes with
-        // its first message there (a silent connection is handed over after a second, to the
-        // handshake timeout).
-        Socket.setNoDelay(listener, config.transport.tcp.nodelay)
-        Socket.setKeepAlive(listener, idle: Int(config.transport.tcp.keepaliveSecs), interval: Int(config.transport.tcp.keepaliveInterval))
-        Socket.setDeferAccept(listener, seconds: 1)
         controlListener.withLock { $0 = listener }
         logger.info("Listening at \(bind)")
         let entries = config.services.values.sorted(by: { $0.name < $1.name }).map {
             startService($0, onFirstBind: firstBinds.tick)
         }
-        spawn(on: hub.ring) {
+        housekeeping.spawn(on: hub.ring) {
             for entry in entries { await self.hub.register(entry) }
             for ring in self.group.executors {
-                self.spawn(on: ring) { await self.acceptChannels(listener: listener, ring: ring) }
+                self.acceptLoops.spawn(on: ring) { await self.acceptChannels(listener: listener, ring: ring) }
             }
             await self.hub.sweepPools()
         }
     }
 
-    /// Stops accepting, closes every control and pooled data channel. Relays already running end
-    /// when the caller shuts the ring group down.
+    /// Stops accepting, closes every control and pooled data channel. Relays already running go
+    /// on until they end (or the ring group is shut down).
     public func shutdown() async {
-        if let fd = controlListener.withLock({ $0.take() }) { Socket.closeListener(fd) }
+        controlListener.withLock { $0.take() }?.shutdown()
         firstBinds.release()
-        tasks.withLock { $0.forEach { $0.cancel() } }
+        housekeeping.cancelAll()
         await hub.closeAll()
-    }
-
-    func spawn(on ring: RingExecutor, _ body: @escaping @Sendable () async -> Void) {
-        let task = Task(executorPreference: ring) { await body() }
-        tasks.withLock { $0.append(task) }
     }
 
     // MARK: Services
@@ -93,7 +97,7 @@ public final class Server: Sendable {
         let connections = entry.connections
         guard connections.count > 0 else { return }
         let ring = group.next()
-        Task(executorPreference: ring) {
+        housekeeping.spawn(on: ring) {
             try? await ring.sleep(for: grace)
             connections.stopAll()
         }
@@ -102,34 +106,35 @@ public final class Server: Sendable {
     /// Starts a service added while running (hot reload).
     func addService(_ service: ServerServiceConfig) {
         let entry = startService(service)
-        spawn(on: hub.ring) { await self.hub.register(entry) }
+        housekeeping.spawn(on: hub.ring) { await self.hub.register(entry) }
     }
 
     /// Starts a service's listener (or its UDP forwarder); the hub does not know it yet.
     private func startService(_ service: ServerServiceConfig, onFirstBind: @escaping @Sendable () -> Void = {}) -> ServiceEntry {
-        let entry = ServiceEntry(config: service, budget: visitors)
         switch service.type {
         case .tcp:
-            spawn(on: group.executors[0]) { await self.serveVisitors(of: entry, onFirstBind: onFirstBind) }
+            let entry = ServiceEntry(config: service, budget: visitors)
+            entry.tasks.spawn(on: group.executors[0]) { await self.serveVisitors(of: entry, onFirstBind: onFirstBind) }
+            return entry
         case .udp:
             let ring = group.next()
             let forwarder = UDPServerForwarder(ring: ring, service: service, logger: logger)
-            entry.udp = forwarder
-            spawn(on: ring) { await forwarder.run(onFirstBind: onFirstBind) }
+            let entry = ServiceEntry(config: service, budget: visitors, udp: forwarder)
+            entry.tasks.spawn(on: ring) { await forwarder.run(onFirstBind: onFirstBind) }
+            return entry
         }
-        return entry
     }
 
-    /// The next connection on `listener`; nil once the listener is closed. Out of fds, accepting
-    /// pauses for 100 ms (the listener stays readable, so retrying at once would spin).
-    func acceptNext(_ listener: Int32, ring: RingExecutor, name: @autoclosure () -> String) async -> Int32? {
+    /// The next connection on `listener`; nil once the listener is shut down. Out of fds,
+    /// accepting pauses for 100 ms (the listener stays readable, so retrying at once would spin).
+    func acceptNext(_ listener: TCPListener, ring: RingExecutor, name: @autoclosure () -> String) async -> SocketStream? {
         while true {
             do {
-                return try await ring.accept(listener)
-            } catch .system(let e, _) where e == .tooManyOpenFiles || e.rawValue == ENFILE {
+                return try await listener.accept(on: ring)
+            } catch .system(.tooManyOpenFiles, _), .system(.tooManyOpenFilesInSystem, _) {
                 logger.warning("\(name()): out of file descriptors, pausing accepts for 100ms")
                 try? await ring.sleep(for: .milliseconds(100))
-            } catch .system(let e, _) where e.rawValue == ECONNABORTED || e.rawValue == EINTR {
+            } catch .system(.connectionAborted, _) {
                 continue
             } catch {
                 return nil
@@ -139,19 +144,25 @@ public final class Server: Sendable {
 
     // MARK: Control port
 
-    private func acceptChannels(listener: Int32, ring: RingExecutor) async {
-        while let fd = await acceptNext(listener, ring: ring, name: "control port") {
-            if transport.acceptIsImmediate, let key = Self.dataChannelHelloArrived(fd) {
-                fileDataChannel(SocketStream(fd: fd, ring: ring), sessionKey: key, ring: ring, peer: Self.peerText(fd))
-                continue
-            }
-            guard pendingHandshakes.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxPendingHandshakes else {
-                pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
-                Socket.close(fd)
-                continue
-            }
-            Task(executorPreference: ring) {
-                await self.handshake(fd: fd, ring: ring)
+    /// Accepts control and data channels on one ring until the listener is shut down. The
+    /// handshakes it starts (and the control sessions they become) are its children.
+    private func acceptChannels(listener: TCPListener, ring: RingExecutor) async {
+        await withDiscardingTaskGroup { group in
+            while let socket = await acceptNext(listener, ring: ring, name: "control port") {
+                if transport.acceptIsImmediate, let key = Self.dataChannelHelloArrived(socket) {
+                    if let work = fileDataChannel(socket, sessionKey: key, ring: ring) {
+                        group.addTask(executorPreference: ring, operation: work)
+                    }
+                    continue
+                }
+                guard pendingHandshakes.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxPendingHandshakes else {
+                    pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
+                    socket.close()
+                    continue
+                }
+                group.addTask(executorPreference: ring) {
+                    await self.handshake(socket, ring: ring)
+                }
             }
         }
     }
@@ -160,32 +171,29 @@ public final class Server: Sendable {
     /// connection (the usual case: the listener defers accepts until the client has spoken), read
     /// off the socket; nil, with nothing read, for anything else. This spares the commonest
     /// connection a task and a ring round trip.
-    private static func dataChannelHelloArrived(_ fd: Int32) -> Digest? {
+    private static func dataChannelHelloArrived(_ socket: SocketStream) -> Digest? {
         withUnsafeTemporaryAllocation(byteCount: Hello.size, alignment: 8) { buffer -> Digest? in
-            let peeked = recv(fd, buffer.baseAddress, Hello.size, Int32(MSG_PEEK | MSG_DONTWAIT))
-            guard peeked == Hello.size,
+            guard (try? socket.receiveNow(into: buffer, peek: true)) == Hello.size,
                   case .dataChannel(let key)? = try? Hello(decodingPrefixOf: UnsafeRawBufferPointer(buffer)),
-                  (try? Socket.receiveNow(fd, into: buffer)) == Hello.size
+                  (try? socket.receiveNow(into: buffer)) == Hello.size
             else { return nil }
             return key
         }
     }
 
-    /// Formats a peer's address for a log line, only when one is written.
-    static func peerText(_ fd: Int32) -> @Sendable () -> String {
-        { Socket.peerAddress(fd).map(\.description) ?? "?" }
-    }
-
-    /// Gives a data channel to its service: to the first waiting visitor, or to the idle pool.
-    func fileDataChannel(_ stream: ByteStream, sessionKey: Digest, ring: RingExecutor, peer: @Sendable () -> String) {
+    /// Gives a data channel to its service: to the first waiting visitor (forwarding on this
+    /// ring), or to the idle pool. Returns the forwarding still to do when it needs a task of its
+    /// own (an encrypted channel's copy relay).
+    func fileDataChannel(_ stream: ByteStream, sessionKey: Digest, ring: RingExecutor) -> (@Sendable () async -> Void)? {
         switch hub.addDataChannel(stream, sessionKey: sessionKey) {
         case .unknownSession:
-            logger.warning("data channel from \(peer()) has an unknown session key; closed")
+            logger.warning("data channel from \(stream.peerAddress.map(\.description) ?? "?") has an unknown session key; closed")
             stream.close()
+            return nil
         case .filed:
-            break
+            return nil
         case .forward(let visitor, let channel, let entry):
-            forward(visitor, over: channel, of: entry, ring: ring)
+            return forward(visitor, over: channel, of: entry, ring: ring)
         }
     }
 
@@ -195,34 +203,27 @@ public final class Server: Sendable {
     }
 
     /// The first exchange on a new connection, bounded by the handshake timeout.
-    private func handshake(fd: Int32, ring: RingExecutor) async {
-        // Read now (a failed handshake logs it after the socket is closed), formatted only for log lines.
-        let address = Socket.peerAddress(fd)
+    private func handshake(_ socket: SocketStream, ring: RingExecutor) async {
+        // Read now: a failed handshake logs it after the socket is closed.
+        let address = socket.peerAddress
         let peer: @Sendable () -> String = { address.map(\.description) ?? "?" }
         let deadline = ContinuousClock.now + Self.handshakeTimeout
-        let greetInTime = { @Sendable () async throws(IOError) -> Greeting in
-            do throws(ControlError) {
-                return try await self.greet(fd: fd, ring: ring, peer: peer, deadline: deadline)
-            } catch {
-                throw IOError.system(Errno(EPROTO), operation: error.description)
-            }
-        }
         let greeting: Greeting
-        do {
+        do throws(ControlError) {
             // Plain TCP: every read has the deadline, which bounds the handshake without the
-            // task group of withTimeout (a tenth of the server's CPU per data channel). Noise and
-            // TLS handshakes read and write inside `accept`, so they race a timer instead.
+            // task group of withTimeout (a tenth of the server's CPU per data channel). Noise, TLS
+            // and websocket handshakes read and write inside `accept`, so they race a timer instead.
             if transport.acceptIsImmediate {
-                greeting = try await greetInTime()
+                greeting = try await greet(socket, ring: ring, peer: peer, deadline: deadline)
             } else {
-                greeting = try await withTimeout(Self.handshakeTimeout, on: ring, operation: "handshake", greetInTime)
+                greeting = try await withTimeout(Self.handshakeTimeout, on: ring, timedOut: .io(.timedOut(operation: "handshake"))) {
+                    () async throws(ControlError) -> Greeting in
+                    try await self.greet(socket, ring: ring, peer: peer, deadline: deadline)
+                }
             }
         } catch {
             pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
-            switch error {
-            case .system(_, let why): logger.warning("connection from \(peer()): \(why)")
-            default: logger.warning("connection from \(peer()): \(error)")
-            }
+            logger.warning("connection from \(peer()): \(error)")
             return
         }
         pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
@@ -230,18 +231,18 @@ public final class Server: Sendable {
         case .control(let entry, let session):
             await hub.runControlChannel(session, of: entry)
         case .data(let stream, let key):
-            fileDataChannel(stream, sessionKey: key, ring: ring, peer: peer)
+            // An encrypted channel for a waiting visitor: this task relays it.
+            await fileDataChannel(stream, sessionKey: key, ring: ring)?()
         }
     }
 
-    private func greet(fd: Int32, ring: RingExecutor, peer: @Sendable () -> String, deadline: ContinuousClock.Instant)
+    private func greet(_ socket: SocketStream, ring: RingExecutor, peer: @Sendable () -> String, deadline: ContinuousClock.Instant)
         async throws(ControlError) -> Greeting
     {
         let stream: ByteStream
         do {
-            stream = try await transport.accept(fd: fd, on: ring)
+            stream = try await transport.accept(socket, on: ring)
         } catch {
-            Socket.close(fd)
             throw .transport(error)
         }
         do throws(ControlError) {
@@ -253,17 +254,17 @@ public final class Server: Sendable {
                 try await stream.writeMessage(Hello.controlChannel(nonce))
                 guard let entry = await hub.service(serviceDigest) else {
                     try? await stream.writeMessage(Ack.serviceNotExist)
-                    throw ControlError.refused("control channel for an unknown service (digest \(serviceDigest)) refused")
+                    throw ControlError.refused(.unknownService(serviceDigest))
                 }
                 let auth = try await stream.readMessage(Auth.self, deadline: deadline)
                 guard auth.digest == Digest.auth(token: entry.config.token.value, nonce: nonce) else {
                     try? await stream.writeMessage(Ack.authFailed)
-                    throw ControlError.refused("service \(entry.config.name): wrong token; control channel refused")
+                    throw ControlError.refused(.wrongToken(service: entry.config.name))
                 }
                 try await stream.writeMessage(Ack.ok)
                 let address = peer()
                 logger.info("service \(entry.config.name): control channel from \(address) established")
-                return .control(entry, ControlSession(stream: stream, key: auth.digest, peer: address))
+                return .control(entry, ControlSession(stream: stream, key: auth.digest, peer: address, ring: hub.ring))
             }
         } catch {
             stream.close()

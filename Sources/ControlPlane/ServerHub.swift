@@ -2,8 +2,9 @@ import DataPlane
 import Logging
 import Synchronization
 
-/// The server's shared state, pinned to one ring: services, their control channels (sessions),
-/// their pools of idle data channels and the visitors waiting for one.
+/// The server's shared state, pinned to one ring: services and their control channels
+/// (sessions). Each service's pool of idle data channels and waiting visitors is its own
+/// (`DataChannelPool`), used by every worker without a hop through here.
 actor ServerHub {
     nonisolated let ring: RingExecutor
     nonisolated var unownedExecutor: UnownedSerialExecutor { ring.serial.asUnownedSerialExecutor() }
@@ -11,6 +12,8 @@ actor ServerHub {
     private let heartbeatInterval: UInt64
     private let logger: Logger
     private var services: [Digest: ServiceEntry] = [:]
+    /// Each service's current control session, by service digest.
+    private var current: [Digest: ControlSession] = [:]
     /// Live control channels by session key. Locked rather than hub-isolated: data channels are
     /// filed by the worker that accepted them.
     private nonisolated let sessions = Mutex<[Digest: (entry: ServiceEntry, session: ControlSession)]>([:])
@@ -26,12 +29,12 @@ actor ServerHub {
     }
 
     /// Stops a service: no new control channels, its session and pooled channels close, its
-    /// waiting visitors are turned away. Listeners close on their own workers.
+    /// waiting visitors are turned away, its listener (and so its accept loops) ends.
     func unregister(_ entry: ServiceEntry, reason: String = "service removed") {
-        if services[entry.config.digest] === entry { services[entry.config.digest] = nil }
+        let digest = entry.config.digest
+        if services[digest] === entry { services[digest] = nil }
         entry.close()
-        entry.udp?.stop()
-        if let session = entry.session { endSession(session, of: entry, reason: reason) }
+        if let session = current[digest] { endSession(session, of: entry, reason: reason) }
         entry.channels.close()
     }
 
@@ -45,33 +48,39 @@ actor ServerHub {
 
     // MARK: Control channels
 
-    /// Runs an authenticated control channel until it ends: asks for the initial pool of data
-    /// channels, one more per visitor, and sends heartbeats when idle.
+    /// Runs an authenticated control channel until it ends: asks for the data channels the
+    /// service needs, and sends heartbeats when idle. The session's reader is its child.
     func runControlChannel(_ session: ControlSession, of entry: ServiceEntry) async {
         guard !entry.closed else {
             session.stream.close()
             return
         }
-        if let old = entry.session {
+        let digest = entry.config.digest
+        if let old = current[digest] {
             endSession(old, of: entry, reason: "replaced by a newer client")
         }
-        entry.session = session
+        current[digest] = session
         sessions.withLock { $0[session.key] = (entry, session) }
-        session.event = RingEvent(ring: ring)
         if entry.udp != nil {
             session.requestChannels(ServiceEntry.udpChannels)
         } else {
             entry.channels.attach(session)
         }
-
-        Task(executorPreference: ring) {
-            let reason = await Self.waitUntilClosed(session.stream)
-            await self.endSession(session, of: entry, reason: reason)
+        await withDiscardingTaskGroup { group in
+            group.addTask(executorPreference: ring) {
+                let reason = await Self.waitUntilClosed(session.stream)
+                await self.endSession(session, of: entry, reason: reason)
+            }
+            await writeCommands(session, of: entry)
         }
+    }
 
+    /// Sends the requests for data channels as they come, in batches, and heartbeats when
+    /// nothing else was sent for a heartbeat interval; until the session ends.
+    private func writeCommands(_ session: ControlSession, of entry: ServiceEntry) async {
         let interval: Duration? = heartbeatInterval > 0 ? .seconds(heartbeatInterval) : nil
         var lastSent = ContinuousClock.now
-        while session.alive {
+        while session.isAlive {
             do throws(ControlError) {
                 let count = session.takeRequests()
                 if count > 0 {
@@ -86,7 +95,7 @@ actor ServerHub {
                     continue
                 }
                 do throws(IOError) {
-                    _ = try await session.event!.wait(timeout: interval.map { $0 - idle })
+                    _ = try await session.wake.wait(timeout: interval.map { $0 - idle })
                 } catch {
                     throw .io(error)
                 }
@@ -110,15 +119,14 @@ actor ServerHub {
     }
 
     private func endSession(_ session: ControlSession, of entry: ServiceEntry, reason: String) {
-        guard session.alive else { return }
-        session.alive = false
-        session.event?.signal()
-        // shutdown first: the session's reader has a recv in flight on the ring, which holds its
+        guard session.end() else { return }
+        // Shut down first: the session's reader has a recv in flight on the ring, which holds its
         // own reference to the socket, so a plain close would neither send a FIN nor end that recv.
-        Socket.shutdownBoth(session.stream.fd)
+        session.stream.shutdown()
         session.stream.close()
         sessions.withLock { $0[session.key] = nil }
-        if entry.session === session { entry.session = nil }
+        let digest = entry.config.digest
+        if current[digest] === session { current[digest] = nil }
         entry.udp?.closeChannels(of: session.key)
         entry.channels.detach(session)
         logger.info("service \(entry.config.name): control channel from \(session.peer) ended: \(reason)")
@@ -172,75 +180,85 @@ actor ServerHub {
     }
 }
 
-/// One configured service on the server. Its mutable state belongs to the hub's executor, except
-/// what the workers touch: the channel pool, the listener list and the closed flag (each locked).
-final class ServiceEntry: @unchecked Sendable {
+/// One configured service on the server. It owns its listener, its accept loops (`tasks`), its
+/// pool of data channels and waiting visitors, and the relays it runs (`connections`).
+final class ServiceEntry: Sendable {
     let config: ServerServiceConfig
-    var session: ControlSession?
     let channels: DataChannelPool
     /// The visitors being relayed, so that removing the service can end them after a grace period.
     let connections = ConnectionSet()
-    /// Set for UDP services, before the entry is shared.
-    var udp: UDPServerForwarder?
-    private let listeners = Mutex<[Int32]>([])
+    /// The accept loops on its listener, or its UDP forwarder.
+    let tasks = TaskScope()
+    /// Set for UDP services.
+    let udp: UDPServerForwarder?
+    /// The listener once bound; nil before, and again once the service closed.
+    private let listener = Mutex<TCPListener?>(nil)
     private let isClosed = Atomic<Bool>(false)
 
     /// Data channels a UDP service asks for (as upstream): datagrams are spread over them.
     static let udpChannels = 2
 
-    init(config: ServerServiceConfig, budget: VisitorBudget) {
+    init(config: ServerServiceConfig, budget: VisitorBudget, udp: UDPServerForwarder? = nil) {
         self.config = config
+        self.udp = udp
         channels = DataChannelPool(budget: budget)
     }
 
     var closed: Bool { isClosed.load(ordering: .acquiring) }
 
-    /// Takes the service's listener, to close it with the service; false (having closed it) when
-    /// the service closed meanwhile.
-    func adoptListener(_ fd: Int32) -> Bool {
-        let keep = listeners.withLock { fds -> Bool in
+    /// Takes the service's listener, to shut it down with the service; false (having shut it
+    /// down) when the service closed meanwhile.
+    func adoptListener(_ bound: TCPListener) -> Bool {
+        let keep = listener.withLock { held -> Bool in
             if closed { return false }
-            fds.append(fd)
+            held = bound
             return true
         }
-        if !keep { Socket.closeListener(fd) }
+        if !keep { bound.shutdown() }
         return keep
     }
 
-    /// Marks the service closed and shuts its listeners down, which ends their accept loops.
+    /// Marks the service closed and shuts its listener down, which ends its accept loops, and its
+    /// UDP forwarder.
     func close() {
         isClosed.store(true, ordering: .releasing)
-        let fds = listeners.withLock { fds -> [Int32] in
-            let all = fds
-            fds.removeAll()
-            return all
-        }
-        fds.forEach(Socket.closeListener)
+        listener.withLock { $0.take() }?.shutdown()
+        udp?.stop()
     }
 }
 
-/// An authenticated control channel. State belongs to the hub's executor.
-final class ControlSession: @unchecked Sendable {
+/// An authenticated control channel.
+final class ControlSession: Sendable {
     let stream: ByteStream
     let key: Digest
     let peer: String
-    var alive = true
-    /// Wakes the writer of this control channel; set before the session is attached to a pool.
-    var event: RingEvent?
+    /// Wakes the writer of this control channel.
+    let wake: RingEvent
+    private let ended = Atomic<Bool>(false)
     /// CreateDataChannel messages asked for and not sent yet; any worker adds to it.
     private let requests = Atomic<Int>(0)
 
-    init(stream: ByteStream, key: Digest, peer: String) {
+    init(stream: ByteStream, key: Digest, peer: String, ring: RingExecutor) {
         self.stream = stream
         self.key = key
         self.peer = peer
+        wake = RingEvent(ring: ring)
+    }
+
+    var isAlive: Bool { !ended.load(ordering: .acquiring) }
+
+    /// Ends the session; true for the caller that ended it (once), which then cleans up.
+    func end() -> Bool {
+        guard !ended.exchange(true, ordering: .acquiringAndReleasing) else { return false }
+        wake.signal()
+        return true
     }
 
     /// Asks the client for `count` more data channels.
     func requestChannels(_ count: Int) {
         guard count > 0 else { return }
         // The writer takes every request after each wake, so one signal per batch suffices.
-        if requests.wrappingAdd(count, ordering: .acquiringAndReleasing).oldValue == 0 { event?.signal() }
+        if requests.wrappingAdd(count, ordering: .acquiringAndReleasing).oldValue == 0 { wake.signal() }
     }
 
     /// The requests to send now.

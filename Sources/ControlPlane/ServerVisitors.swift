@@ -1,5 +1,4 @@
 import DataPlane
-import Glibc
 import Logging
 
 /// A TCP service's public side: its listener, the accept loops (one per worker, on the one
@@ -11,11 +10,14 @@ extension Server {
         let service = entry.config
         let bind = service.bindAddr.socketAddress
         let ring = group.executors[0]
-        var bound: Int32?
+        var bound: TCPListener?
         var attempted = false
         while bound == nil && !entry.closed {
             do {
-                bound = try Socket.listen(bind)
+                let listener = try TCPListener(bind)
+                // Accepted visitors inherit it.
+                if service.nodelay { try listener.setNoDelay(true) }
+                bound = listener
             } catch {
                 logger.error("service \(service.name): cannot listen on \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s")
                 if !attempted { onFirstBind() }
@@ -25,104 +27,123 @@ extension Server {
         }
         if !attempted { onFirstBind() }
         guard let listener = bound, entry.adoptListener(listener) else { return }
-        // Accepted visitors inherit it.
-        if service.nodelay { Socket.setNoDelay(listener, true) }
         logger.info("service \(service.name): listening at \(bind)")
         for worker in group.executors {
-            spawn(on: worker) { await self.acceptVisitors(of: entry, listener: listener, ring: worker) }
+            entry.tasks.spawn(on: worker) { await self.acceptVisitors(of: entry, listener: listener, ring: worker) }
         }
     }
 
     /// Accepts visitors while there is room for them: past the pool's bound on waiting visitors,
     /// or the process's bound on visitors, new ones stay in the listen backlog until there is.
-    private func acceptVisitors(of entry: ServiceEntry, listener: Int32, ring: RingExecutor) async {
+    /// The relays it starts in tasks (encrypted channels) are its children.
+    private func acceptVisitors(of entry: ServiceEntry, listener: TCPListener, ring: RingExecutor) async {
         let name = entry.config.name
-        while !entry.closed {
-            await entry.channels.waitForRoom()
-            while !visitors.hasRoom {
-                do { try await ring.sleep(for: .milliseconds(20)) } catch { return }
+        await withDiscardingTaskGroup { group in
+            while !entry.closed {
+                await entry.channels.waitForRoom()
+                while !visitors.hasRoom {
+                    do { try await ring.sleep(for: .milliseconds(20)) } catch { return }
+                }
+                guard let socket = await acceptNext(listener, ring: ring, name: "service \(name)") else { return }
+                visitors.take()
+                if logger.logLevel <= .debug {
+                    logger.debug("service \(name): new visitor \(socket.peerAddress.map(\.description) ?? "?")")
+                }
+                if let work = place(WaitingVisitor(socket: socket, since: .now), of: entry, ring: ring) {
+                    group.addTask(executorPreference: ring, operation: work)
+                }
             }
-            guard let fd = await acceptNext(listener, ring: ring, name: "service \(name)") else { return }
-            visitors.take()
-            if logger.logLevel <= .debug { logger.debug("service \(name): new visitor \(Self.peerText(fd)())") }
-            place(WaitingVisitor(fd: fd, since: .now), of: entry, ring: ring)
         }
     }
 
     /// Forwards a visitor over an idle data channel, or leaves it waiting in the pool for the next
-    /// channel to arrive. Idle channels that died meanwhile are dropped on the way.
-    func place(_ visitor: WaitingVisitor, of entry: ServiceEntry, ring: RingExecutor, first: Bool = false) {
+    /// channel to arrive. Idle channels that died meanwhile are dropped on the way. Returns the
+    /// forwarding still to do when it needs a task (an encrypted channel's copy relay).
+    func place(_ visitor: WaitingVisitor, of entry: ServiceEntry, ring: RingExecutor, first: Bool = false)
+        -> (@Sendable () async -> Void)?
+    {
         while true {
             switch entry.channels.place(visitor, first: first) {
             case .waiting:
-                return
+                return nil
             case .refused:
                 closeVisitor(visitor)
-                return
+                return nil
             case .channel(let channel):
-                guard Socket.isAlive(channel.stream.fd) else {
+                guard channel.stream.isAlive else {
                     channel.stream.close()
                     continue
                 }
-                if start(visitor, over: channel.stream, of: entry, ring: ring) { return }
+                switch start(visitor, over: channel.stream, of: entry, ring: ring) {
+                case .started: return nil
+                case .channelDead: continue
+                case .needsTask(let work): return work
+                }
             }
         }
     }
 
     /// A data channel just arrived for a waiting visitor: forwards the first visitor still there,
-    /// or keeps the channel idle when they all left.
-    func forward(_ waiting: WaitingVisitor, over channel: PooledChannel, of entry: ServiceEntry, ring: RingExecutor) {
+    /// or keeps the channel idle when they all left. Returns the forwarding still to do when it
+    /// needs a task.
+    func forward(_ waiting: WaitingVisitor, over channel: PooledChannel, of entry: ServiceEntry, ring: RingExecutor)
+        -> (@Sendable () async -> Void)?
+    {
         var next: WaitingVisitor? = waiting
         while let visitor = next {
             // A visitor that gave up while waiting (closed without a byte) would only waste the channel.
-            if Socket.isAlive(visitor.fd) {
-                if !start(visitor, over: channel.stream, of: entry, ring: ring) { place(visitor, of: entry, ring: ring, first: true) }
-                return
+            if visitor.socket.isAlive {
+                switch start(visitor, over: channel.stream, of: entry, ring: ring) {
+                case .started: return nil
+                case .channelDead: return place(visitor, of: entry, ring: ring, first: true)
+                case .needsTask(let work): return work
+                }
             }
             closeVisitor(visitor)
             next = entry.channels.nextWaiting()
         }
         switch entry.channels.add(channel, arrived: false) {
-        case .idle: break
-        case .refused: channel.stream.close()
-        case .visitor(let visitor): forward(visitor, over: channel, of: entry, ring: ring)
+        case .idle: return nil
+        case .refused:
+            channel.stream.close()
+            return nil
+        case .visitor(let visitor): return forward(visitor, over: channel, of: entry, ring: ring)
         }
     }
 
-    /// Tells the client to start forwarding on `channel` and relays it with the visitor. Returns
-    /// false, having closed the channel, when the channel turned out dead; the visitor is then
-    /// still the caller's.
-    private func start(_ visitor: WaitingVisitor, over channel: ByteStream, of entry: ServiceEntry, ring: RingExecutor) -> Bool {
-        guard let socket = channel as? SocketStream, channel.spliceableFD != nil else {
-            // An encrypted channel: the command goes through its session, and the bytes through the copy relay.
-            Task(executorPreference: ring) {
+    private enum Start {
+        case started
+        /// The channel failed before anything was relayed (it is closed); the visitor is still
+        /// the caller's.
+        case channelDead
+        /// An encrypted channel: the command goes through its session and the bytes through the
+        /// copy relay, in a task.
+        case needsTask(@Sendable () async -> Void)
+    }
+
+    /// Tells the client to start forwarding on `channel` and relays it with the visitor.
+    private func start(_ visitor: WaitingVisitor, over channel: ByteStream, of entry: ServiceEntry, ring: RingExecutor) -> Start {
+        let done = visitorDone(entry)
+        guard let socket = channel as? SocketStream else {
+            return .needsTask {
                 do throws(ControlError) {
                     try await channel.writeMessage(DataChannelCmd.startForwardTcp)
                 } catch {
                     channel.close()
-                    self.place(visitor, of: entry, ring: ring, first: true)
+                    await self.place(visitor, of: entry, ring: ring, first: true)?()
                     return
                 }
-                await relay(SocketStream(fd: visitor.fd, ring: ring), channel, on: ring, tracking: entry.connections,
-                            onEnd: self.visitorDone(entry))
+                await relay(visitor.socket, channel, on: ring, tracking: entry.connections, onEnd: done)
             }
-            return true
         }
-        let sent = Self.startForwardTcp.withUnsafeBytes { try? Socket.sendNow(socket.fd, $0) }
+        // The idle channel's send buffer is empty: the command goes out at once.
+        let sent = Self.startForwardTcp.withUnsafeBytes { try? socket.sendNow($0) }
         guard sent == Self.startForwardTcp.count else {
             channel.close()
-            return false
+            return .channelDead
         }
-        let channelFD = socket.detach()
-        let connections = entry.connections
-        let id = connections.reserve()
-        let done = visitorDone(entry)
-        let handle = ring.startRelay(visitor.fd, channelFD) { result in
-            connections.remove(id)
-            done(result)
-        }
-        connections.register(id, .splice(handle))
-        return true
+        startSplice(visitor.socket, socket, on: ring, tracking: entry.connections, onEnd: done)
+        return .started
     }
 
     private static let startForwardTcp = DataChannelCmd.startForwardTcp.encode()
@@ -139,7 +160,7 @@ extension Server {
     }
 
     private func closeVisitor(_ visitor: WaitingVisitor) {
-        Socket.close(visitor.fd)
+        visitor.socket.close()
         visitors.release()
     }
 }

@@ -30,20 +30,16 @@ struct TLSTransport: Transport {
     }
 
     func connect(to endpoint: Endpoint, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        try await tcp.connectSecured(to: endpoint, on: ring, name: "tls", makeSession: makeSession)
+        try await tcp.connectSecured(to: endpoint, on: ring, layer: "tls", makeSession: makeSession)
     }
 
-    func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        try await tcp.acceptSecured(fd: fd, on: ring, name: "tls", makeSession: makeSession)
+    func accept(_ socket: SocketStream, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        try await tcp.acceptSecured(socket, on: ring, layer: "tls", makeSession: makeSession)
     }
 
-    private func makeSession() throws(TransportError) -> TLSSecureSession {
-        do {
-            if let server { return TLSSecureSession(try TLSSession(context: server)) }
-            return TLSSecureSession(try TLSSession(context: client!))
-        } catch {
-            throw TransportError("tls: \(error)")
-        }
+    private func makeSession() throws(TLSError) -> TLSSecureSession {
+        if let server { return TLSSecureSession(try TLSSession(context: server)) }
+        return TLSSecureSession(try TLSSession(context: client!))
     }
 }
 
@@ -52,34 +48,30 @@ final class TLSSecureSession: SecureSession {
     let tls: TLSSession
     init(_ tls: TLSSession) { self.tls = tls }
 
-    func advanceHandshake() throws(TransportError) -> Bool {
-        do { return try tls.handshake() == .complete } catch { throw TransportError(error.description) }
+    func advanceHandshake() throws(TLSError) -> Bool {
+        try tls.handshake() == .complete
     }
 
-    func inputSpace() throws(TransportError) -> UnsafeMutableRawBufferPointer {
-        do { return try tls.reserveInput(minimumCapacity: 64 * 1024) } catch { throw TransportError(error.description) }
+    func inputSpace() throws(TLSError) -> UnsafeMutableRawBufferPointer {
+        try tls.reserveInput(minimumCapacity: 64 * 1024)
     }
 
-    func commitInput(_ count: Int) throws(TransportError) { tls.commitInput(count) }
+    func commitInput(_ count: Int) throws(TLSError) { tls.commitInput(count) }
 
     func inputEnded() { tls.feedEOF() }
 
-    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> SecureRead {
-        do {
-            switch try tls.read(into: buffer) {
-            case .bytes(let n): return .bytes(n)
-            case .wantInput: return .wantInput
-            case .closed: return .closed
-            }
-        } catch {
-            throw TransportError(error.description)
+    func readPlaintext(into buffer: UnsafeMutableRawBufferPointer) throws(TLSError) -> SecureRead {
+        switch try tls.read(into: buffer) {
+        case .bytes(let n): return .bytes(n)
+        case .wantInput: return .wantInput
+        case .closed: return .closed
         }
     }
 
     var hasBufferedInput: Bool { tls.hasBufferedInput }
 
-    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(TransportError) {
-        do { try tls.write(buffer) } catch { throw TransportError(error.description) }
+    func writePlaintext(_ buffer: UnsafeRawBufferPointer) throws(TLSError) {
+        try tls.write(buffer)
     }
 
     var pendingOutput: UnsafeRawBufferPointer { tls.pendingOutput }

@@ -4,30 +4,25 @@ import Glibc
 /// Watches one file for replacement or rewrite through inotify, read on a ring. It watches the
 /// file's directory, so editors that save by writing a new file and renaming it over the old one
 /// are seen too.
-public final class FileWatcher: @unchecked Sendable {
+///
+/// Used by one task at a time (the instance's watcher); the read buffer is not shared.
+public final class FileWatcher: Sendable {
     public let path: String
-    private let fd: Int32
+    private let descriptor: FileDescriptor
+    private var fd: Int32 { descriptor.rawValue }
     private let name: String
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * 1024, alignment: 8)
 
     public init(path: String) throws(IOError) {
         self.path = path
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { String(path[..<$0]) } ?? "."
         name = slash.map { String(path[path.index(after: $0)...]) } ?? path
-        fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
-        guard fd >= 0 else { throw .system(.current, operation: "inotify_init1") }
+        let inotify = FileDescriptor(adopting: try systemCall("inotify_init1") { inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC)) })
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM)
-        guard inotify_add_watch(fd, directory.isEmpty ? "/" : directory, mask) >= 0 else {
-            let e = Errno.current
-            Glibc.close(fd)
-            throw .system(e, operation: "inotify_add_watch \(directory)")
+        _ = try systemCall("inotify_add_watch \(directory)") {
+            inotify_add_watch(inotify.rawValue, directory.isEmpty ? "/" : directory, mask)
         }
-    }
-
-    deinit {
-        Glibc.close(fd)
-        buffer.deallocate()
+        descriptor = inotify
     }
 
     /// Waits until the file changes, then until no further change came for `quiet` (editors write
@@ -46,10 +41,11 @@ public final class FileWatcher: @unchecked Sendable {
     /// Reads one batch of events; true when one concerns our file.
     private func readEvents(on ring: RingExecutor, timeout: Duration?) async throws(IOError) -> Bool {
         _ = try await ring.poll(fd, events: Int32(POLLIN), timeout: timeout)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * 1024, alignment: 8)
+        defer { buffer.deallocate() }
         var concernsFile = false
         while true {
-            let n = read(fd, buffer.baseAddress, buffer.count)
-            if n <= 0 { break }
+            guard let n = try nonBlockingCall("read inotify", { read(fd, buffer.baseAddress, buffer.count) }), n > 0 else { break }
             var offset = 0
             while offset + MemoryLayout<inotify_event>.size <= n {
                 let event = buffer.baseAddress!.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)

@@ -11,6 +11,13 @@ public struct RelayResult: Sendable, CustomStringConvertible {
     /// True when the relay was stopped from Swift before both directions ended.
     public var stopped: Bool
 
+    init(error: Errno) {
+        bytesAToB = 0
+        bytesBToA = 0
+        self.error = error
+        stopped = false
+    }
+
     init(_ c: Completion) {
         bytesAToB = c.bytes.0
         bytesBToA = c.bytes.1
@@ -39,21 +46,23 @@ extension RingExecutor {
     /// Starts relaying between two connected non-blocking sockets, which the relay now owns and
     /// closes when it ends. `onEnd` runs once, on this ring's thread. Call on the ring thread.
     @discardableResult
-    public func startRelay(_ a: Int32, _ b: Int32, onEnd: @escaping (RelayResult) -> Void) -> RelayHandle {
+    public func startRelay(_ a: consuming FileDescriptor, _ b: consuming FileDescriptor,
+                           onEnd: @escaping (RelayResult) -> Void) -> RelayHandle {
         precondition(isCurrent, "startRelay must be called on the ring thread")
         let (slot, userData) = slots.allocate()
-        start(slot: slot, userData: userData, a, b, onEnd: onEnd)
+        start(slot: slot, userData: userData, a.release(), b.release(), onEnd: onEnd)
         return RelayHandle(ring: self, userData: userData)
     }
 
     /// Relays between two sockets until the relay ends; cancelling the task stops the relay.
-    public func relay(_ a: Int32, _ b: Int32) async -> RelayResult {
-        try! await onRing { () async throws(IOError) -> RelayResult in
+    public func relay(_ a: consuming FileDescriptor, _ b: consuming FileDescriptor) async -> RelayResult {
+        let (fa, fb) = (a.release(), b.release())
+        return try! await onRing { () async throws(IOError) -> RelayResult in
             let (slot, userData) = slots.allocate()
             let handle = RelayHandle(ring: self, userData: userData)
             return await withTaskCancellationHandler {
                 await withUnsafeContinuation { (cont: UnsafeContinuation<RelayResult, Never>) in
-                    start(slot: slot, userData: userData, a, b) { cont.resume(returning: $0) }
+                    start(slot: slot, userData: userData, fa, fb) { cont.resume(returning: $0) }
                 }
             } onCancel: {
                 handle.stop()

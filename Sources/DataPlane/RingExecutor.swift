@@ -352,38 +352,25 @@ private final class ThreadContext {
     }
 }
 
-/// Hands the ring-creation result from the new thread back to the initialiser.
-private final class StartupBox: @unchecked Sendable {
+/// Hands the ring-creation result from the new thread back to the initialiser: written once by
+/// the ring thread before it signals, read by the initialiser after its wait.
+private final class StartupBox: Sendable {
     let entries: UInt32
     let maxLentPipes: UInt32
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
-    private var ready = false
-    private(set) var error: Int32?
+    private let ready = ThreadSignal()
+    private let result = Mutex<Int32?>(nil)
 
     init(entries: UInt32, maxLentPipes: UInt32) {
         self.entries = entries
         self.maxLentPipes = maxLentPipes
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
     }
 
-    deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
-    }
+    var error: Int32? { result.withLock { $0 } }
 
     func signalReady(error: Int32?) {
-        pthread_mutex_lock(&mutex)
-        self.error = error
-        ready = true
-        pthread_cond_signal(&cond)
-        pthread_mutex_unlock(&mutex)
+        result.withLock { $0 = error }
+        ready.signal()
     }
 
-    func waitUntilReady() {
-        pthread_mutex_lock(&mutex)
-        while !ready { pthread_cond_wait(&cond, &mutex) }
-        pthread_mutex_unlock(&mutex)
-    }
+    func waitUntilReady() { ready.wait() }
 }

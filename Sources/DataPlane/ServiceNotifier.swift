@@ -7,7 +7,7 @@ import Glibc
 public final class ServiceNotifier: Sendable {
     /// The socket address bytes (a `sockaddr_un`, cut to its used length).
     private let address: [UInt8]
-    private let fd: Int32
+    private let socket: FileDescriptor
 
     /// Why `$NOTIFY_SOCKET` cannot be used.
     public enum AddressError: Error, Equatable, CustomStringConvertible {
@@ -48,15 +48,14 @@ public final class ServiceNotifier: Sendable {
         } catch {
             throw .address(error)
         }
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         do {
-            self.fd = try IOError.checkLibc(fd, "socket(AF_UNIX)")
+            socket = FileDescriptor(adopting: try systemCall("socket(AF_UNIX)") {
+                Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            })
         } catch {
             throw .socket(error)
         }
     }
-
-    deinit { close(fd) }
 
     /// The `sockaddr_un` bytes for a `$NOTIFY_SOCKET` value: a path ends with a NUL, an abstract
     /// name starts with one and is exactly as long as the name (no terminator).
@@ -78,13 +77,14 @@ public final class ServiceNotifier: Sendable {
     /// Sends one notification ("KEY=value" lines joined by newlines).
     public func send(_ message: String) throws(IOError) {
         let payload = Array(message.utf8)
-        let sent = payload.withUnsafeBytes { data in
-            address.withUnsafeBytes { addr in
-                sendto(fd, data.baseAddress, data.count, Int32(MSG_NOSIGNAL),
-                       addr.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count))
+        _ = try systemCall("sendto NOTIFY_SOCKET") {
+            payload.withUnsafeBytes { data in
+                address.withUnsafeBytes { addr in
+                    sendto(socket.rawValue, data.baseAddress, data.count, Int32(MSG_NOSIGNAL),
+                           addr.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count))
+                }
             }
         }
-        _ = try IOError.checkLibc(Int32(sent), "sendto NOTIFY_SOCKET")
     }
 
     /// CLOCK_MONOTONIC in microseconds: the `MONOTONIC_USEC=` that systemd (253 and later) wants

@@ -100,12 +100,12 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         withUnsafeBytes(of: storage) { hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: $0.prefix(Int(length)))) }
     }
 
-    /// Resolves `host` (a name or an IP literal) with getaddrinfo on a thread of its own, so the
-    /// ring never blocks on DNS. IP literals are answered without a lookup.
+    /// Resolves `host` (a name or an IP literal) with getaddrinfo on the resolver's threads, so
+    /// the ring never blocks on DNS. IP literals are answered without a lookup.
     public static func resolve(host: String, port: UInt16) async throws(IOError) -> [SocketAddress] {
         if let literal = SocketAddress(ip: host, port: port) { return [literal] }
         let result: Result<[SocketAddress], IOError> = await withUnsafeContinuation { cont in
-            BlockingThread.run {
+            Resolver.shared.run {
                 cont.resume(returning: getaddrinfoBlocking(host: host, port: port))
             }
         }
@@ -118,7 +118,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         var list: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, String(port), &hints, &list)
         guard rc == 0 else {
-            return .failure(.system(Errno(EHOSTUNREACH), operation: "resolve \(host): \(String(cString: gai_strerror(rc)))"))
+            return .failure(.unresolved(host: host, reason: String(cString: gai_strerror(rc))))
         }
         defer { freeaddrinfo(list) }
         var out: [SocketAddress] = []
@@ -129,26 +129,6 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
             }
             p = ai.pointee.ai_next
         }
-        return out.isEmpty ? .failure(.system(Errno(EHOSTUNREACH), operation: "resolve \(host)")) : .success(out)
-    }
-}
-
-/// Runs a blocking call on a short-lived thread of its own.
-enum BlockingThread {
-    static func run(_ body: @escaping @Sendable () -> Void) {
-        final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
-        var attr = pthread_attr_t()
-        pthread_attr_init(&attr)
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-        var tid = pthread_t()
-        let ctx = Unmanaged.passRetained(Box(body)).toOpaque()
-        let rc = pthread_create(&tid, &attr, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, ctx)
-        pthread_attr_destroy(&attr)
-        if rc != 0 {
-            Unmanaged<Box>.fromOpaque(ctx).takeRetainedValue().body()
-        }
+        return out.isEmpty ? .failure(.unresolved(host: host, reason: "no address")) : .success(out)
     }
 }

@@ -1,68 +1,54 @@
 import CRatholeRing
 import Glibc
 
-/// UDP sockets for the datagram copy path: readiness comes from a ring poll, then the calls below
-/// move datagrams without blocking (batching as many as are queued).
-public enum UDP {
-    /// A non-blocking UDP socket bound to `address`, with large kernel buffers.
-    public static func bind(_ address: SocketAddress) throws(IOError) -> Int32 {
-        let fd = try open(family: address.family)
-        guard address.withSockAddr({ Glibc.bind(fd, $0, $1) }) == 0 else {
-            let e = Errno.current
-            Glibc.close(fd)
-            throw .system(e, operation: "bind udp \(address)")
-        }
-        return fd
+/// A non-blocking UDP socket for the datagram copy path, which owns its descriptor: readiness
+/// comes from a ring poll, then batches move every queued datagram without blocking.
+public final class UDPSocket: Sendable {
+    let fd: Int32
+    private let descriptor: FileDescriptor
+
+    private init(_ descriptor: consuming FileDescriptor) {
+        fd = descriptor.rawValue
+        self.descriptor = descriptor
     }
 
-    /// A non-blocking UDP socket connected to `address` (it then only talks to that peer).
-    public static func connected(to address: SocketAddress) throws(IOError) -> Int32 {
-        let fd = try open(family: address.family)
-        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
-            let e = Errno.current
-            Glibc.close(fd)
-            throw .system(e, operation: "connect udp \(address)")
-        }
-        return fd
+    /// Bound to `address` (a service's port), with large kernel buffers.
+    public static func bind(_ address: SocketAddress) throws(IOError) -> UDPSocket {
+        let socket = try open(family: address.family)
+        _ = try systemCall("bind udp \(address)") { address.withSockAddr { Glibc.bind(socket.fd, $0, $1) } }
+        return socket
     }
 
-    private static func open(family: Int32) throws(IOError) -> Int32 {
-        let fd = socket(family, Int32(SOCK_DGRAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .system(.current, operation: "socket udp") }
-        for option in [SO_RCVBUFFORCE, SO_SNDBUFFORCE] {
-            // Without CAP_NET_ADMIN the FORCE variants fail; the plain ones are capped by rmem_max.
-            if (try? Socket.setOption(fd, SOL_SOCKET, option, 4 << 20, "buffer")) == nil {
-                try? Socket.setOption(fd, SOL_SOCKET, option == SO_RCVBUFFORCE ? SO_RCVBUF : SO_SNDBUF, 4 << 20, "buffer")
+    /// Connected to `address`: it then only talks to that peer (a visitor's local socket).
+    public static func connected(to address: SocketAddress) throws(IOError) -> UDPSocket {
+        let socket = try open(family: address.family)
+        _ = try systemCall("connect udp \(address)") { address.withSockAddr { Glibc.connect(socket.fd, $0, $1) } }
+        return socket
+    }
+
+    private static func open(family: Int32) throws(IOError) -> UDPSocket {
+        let socket = UDPSocket(FileDescriptor(adopting: try systemCall("socket udp") {
+            Glibc.socket(family, Int32(SOCK_DGRAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        }))
+        for (forced, plain) in [(SO_RCVBUFFORCE, SO_RCVBUF), (SO_SNDBUFFORCE, SO_SNDBUF)] {
+            // Without CAP_NET_ADMIN the FORCE variants are refused; the plain ones are capped by rmem_max.
+            do {
+                try Socket.setOption(socket.fd, SOL_SOCKET, forced, 4 << 20, "udp buffer")
+            } catch {
+                try Socket.setOption(socket.fd, SOL_SOCKET, plain, 4 << 20, "udp buffer")
             }
         }
-        return fd
+        return socket
     }
 
-    /// Receives one queued datagram and its sender; nil when none is queued.
-    public static func tryReceive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(IOError) -> (count: Int, from: SocketAddress)? {
-        var storage = sockaddr_in6()
-        var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        let n = withUnsafeMutableBytes(of: &storage) { raw in
-            recvfrom(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
-        }
-        if n >= 0 { return (n, SocketAddress(storage: storage)) }
-        if errno == EAGAIN || errno == EWOULDBLOCK { return nil }
-        // A connected socket reports an ICMP error from an earlier send here; it is not fatal.
-        if errno == ECONNREFUSED { return (0, SocketAddress(storage: storage)) }
-        throw .system(.current, operation: "recvfrom")
+    /// Waits until a datagram (or an error) is queued; `.timedOut` after `timeout`.
+    public func waitReadable(on ring: RingExecutor, timeout: Duration? = nil) async throws(IOError) {
+        _ = try await ring.poll(fd, events: Socket.readableEvents, timeout: timeout)
     }
 
-    /// Sends one datagram (to `address`, or to the connected peer); false when the kernel's queue is
-    /// full or the peer is unreachable (UDP: the datagram is dropped).
-    @discardableResult
-    public static func trySend(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, to address: SocketAddress? = nil) -> Bool {
-        let n: Int
-        if let address {
-            n = address.withSockAddr { sendto(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT), $0, $1) }
-        } else {
-            n = send(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
-        }
-        return n == buffer.count
+    /// Wakes a waiting `waitReadable` for good (the socket is being given up).
+    public func shutdown() {
+        Glibc.shutdown(fd, Int32(SHUT_RDWR))
     }
 }
 
@@ -134,8 +120,9 @@ public final class ReceiveBatch {
         storage.deallocate()
     }
 
-    /// Receives what is queued (up to capacity); 0 when nothing is.
-    public func receive(_ fd: Int32) throws(IOError) -> Int {
+    /// Receives what is queued on `socket` (up to capacity); 0 when nothing is. An ICMP error a
+    /// connected socket reports for an earlier send is not a failure: the datagram was lost.
+    public func receive(from socket: UDPSocket) throws(IOError) -> Int {
         for i in 0..<capacity {
             headers[i] = rr_mmsghdr()
             headers[i].msg_hdr.msg_name = UnsafeMutableRawPointer(addresses + i)
@@ -143,10 +130,11 @@ public final class ReceiveBatch {
             headers[i].msg_hdr.msg_iov = iovecs + i
             headers[i].msg_hdr.msg_iovlen = 1
         }
-        let n = rr_recvmmsg(fd, headers, UInt32(capacity), Int32(MSG_DONTWAIT))
-        if n >= 0 { return Int(n) }
-        if errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNREFUSED { return 0 }
-        throw .system(.current, operation: "recvmmsg")
+        do {
+            return Int(try nonBlockingCall("recvmmsg") { rr_recvmmsg(socket.fd, headers, UInt32(capacity), Int32(MSG_DONTWAIT)) } ?? 0)
+        } catch .system(.connectionRefused, _) {
+            return 0
+        }
     }
 
     public func payload(_ i: Int) -> UnsafeRawBufferPointer {
@@ -195,18 +183,13 @@ public final class SendBatch {
         count += 1
     }
 
-    /// Sends the collected datagrams on `fd`.
-    public func flush(_ fd: Int32) {
+    /// Sends the collected datagrams on `socket`.
+    public func flush(on socket: UDPSocket) {
         var sent = 0
         while sent < count {
-            let n = rr_sendmmsg(fd, headers + sent, UInt32(count - sent), Int32(MSG_DONTWAIT))
-            if n > 0 {
-                sent += Int(n)
-            } else if n < 0 && errno == EINTR {
-                continue
-            } else {
-                sent += 1   // this one cannot go (queue full, unreachable): drop it, try the rest
-            }
+            let n = try? nonBlockingCall("sendmmsg") { rr_sendmmsg(socket.fd, headers + sent, UInt32(count - sent), Int32(MSG_DONTWAIT)) }
+            // Nothing sent (queue full, unreachable): drop that datagram, as UDP would, and go on.
+            sent += max(1, Int(n.flatMap { $0 } ?? 0))
         }
         count = 0
     }

@@ -4,10 +4,12 @@ import Glibc
 
 /// Reads a configured file whole, with errors that name the config key and the path.
 private func readConfiguredFile(_ path: String, key: String) throws(TLSError) -> [UInt8] {
-    switch Files.read(path) {
-    case .success(let bytes): return bytes
-    case .failure(let e) where e.rawValue == ENOENT: throw .fileNotFound(key: key, path: path)
-    case .failure: throw .fileUnreadable(key: key, path: path)
+    do {
+        return try Files.read(path)
+    } catch .system(let e, _) where e.rawValue == ENOENT {
+        throw .fileNotFound(key: key, path: path)
+    } catch {
+        throw .fileUnreadable(key: key, path: path)
     }
 }
 

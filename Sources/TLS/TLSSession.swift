@@ -36,7 +36,7 @@ public enum TLSReadResult: Sendable, Equatable {
 /// Not thread-safe: use it from one thread at a time (it may move between threads). A reader task and
 /// a writer task may interleave on one executor: `write` never touches the input side, and output
 /// already handed to a send is never moved by later appends.
-public final class TLSSession: @unchecked Sendable {
+public final class TLSSession {
     private let ssl: OpaquePointer
     private let io: TLSByteQueues
     private let isServer: Bool

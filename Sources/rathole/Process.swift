@@ -75,22 +75,11 @@ enum Process {
 
 /// Runs async work from a plain thread and waits for it.
 func waitFor(_ body: @escaping @Sendable () async -> Void) {
-    final class Done: @unchecked Sendable {
-        var mutex = pthread_mutex_t()
-        var cond = pthread_cond_t()
-        var done = false
-    }
-    let state = Done()
-    pthread_mutex_init(&state.mutex, nil)
-    pthread_cond_init(&state.cond, nil)
+    let done = ThreadSignal()
+    // Unstructured on purpose: the main thread is not a task; it waits here for this one.
     Task.detached {
         await body()
-        pthread_mutex_lock(&state.mutex)
-        state.done = true
-        pthread_cond_signal(&state.cond)
-        pthread_mutex_unlock(&state.mutex)
+        done.signal()
     }
-    pthread_mutex_lock(&state.mutex)
-    while !state.done { pthread_cond_wait(&state.cond, &state.mutex) }
-    pthread_mutex_unlock(&state.mutex)
+    done.wait()
 }

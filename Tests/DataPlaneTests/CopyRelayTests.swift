@@ -1,5 +1,5 @@
 // The CopyRelay (user-space buffers, for streams that cannot be spliced), end to end over loopback.
-import DataPlane
+@testable import DataPlane
 import Glibc
 import TestKit
 import XCTest

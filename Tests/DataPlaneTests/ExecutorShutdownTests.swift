@@ -1,5 +1,5 @@
 // Shutting a RingExecutor down with work in flight: waiting operations, idle and busy relays.
-import DataPlane
+@testable import DataPlane
 import Glibc
 import TestKit
 import XCTest

@@ -1,6 +1,6 @@
 // The RingExecutor: async socket operations on io_uring, where continuations resume, cancellation,
 // timeouts and typed errors.
-import DataPlane
+@testable import DataPlane
 import Glibc
 import Synchronization
 import TestKit
@@ -41,13 +41,14 @@ final class ExecutorTests: XCTestCase {
                         let size = 64 + (i &* 7919) % 4000
                         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
                         defer { buffer.deallocate() }
-                        let fd: Int32
+                        let client: SocketStream
                         do {
-                            fd = try await Socket.connect(to: address, on: ring, timeout: .seconds(20))
+                            client = try await Socket.connect(to: address, on: ring, timeout: .seconds(20))
                         } catch {
                             return "client \(i): \(error)"
                         }
-                        defer { close(fd) }
+                        defer { client.close() }
+                        let fd = client.fd
                         check.check(ring)
                         do {
                             let message = RandomPool.shared.slice(seed: i, count: size)
@@ -368,24 +369,23 @@ final class ExecutorTests: XCTestCase {
         let ring = f.ring
         // A bound socket that does not listen holds the port, so nobody else can take it meanwhile.
         let holder = try Socket.tcp(family: AF_INET)
-        defer { close(holder) }
         let any = SocketAddress(ip: "127.0.0.1", port: 0)!
         var sin = sockaddr_in()
         sin.sin_family = sa_family_t(AF_INET)
         sin.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
         let rc = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder.rawValue, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         XCTAssertEqual(rc, 0)
-        let port = try XCTUnwrap(Socket.localAddress(holder)?.port)
+        let port = try XCTUnwrap(Socket.address(holder.rawValue, peer: false)?.port)
         XCTAssertNotEqual(port, any.port)
         let closed = SocketAddress(ip: "127.0.0.1", port: port)!
         let baseline = await FDTable.baseline()
 
         let error = await Task(executorPreference: ring) { () -> IOError? in
             do throws(IOError) {
-                let fd = try await Socket.connect(to: closed, on: ring, timeout: .seconds(10))
-                close(fd)
+                let socket = try await Socket.connect(to: closed, on: ring, timeout: .seconds(10))
+                socket.close()
                 return nil
             } catch {
                 return error
@@ -403,7 +403,7 @@ final class ExecutorTests: XCTestCase {
     func testListenOnPortInUseIsATypedError() throws {
         let first = try Listener()
         defer { first.close() }
-        XCTAssertThrowsError(try Socket.listen(first.address, reusePort: false)) { error in
+        XCTAssertThrowsError(try TCPListener(first.address, reusePort: false)) { error in
             XCTAssertEqual((error as? IOError)?.errno, .addressInUse, "\(error)")
         }
     }

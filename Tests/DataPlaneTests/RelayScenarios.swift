@@ -5,7 +5,7 @@
 //
 // x and y are blocking sockets driven by plain threads; a and b are the non-blocking sockets the
 // relay owns and closes.
-import DataPlane
+@testable import DataPlane
 import Glibc
 import TestKit
 import XCTest

@@ -1,5 +1,5 @@
 // The zero-copy splice relay, end to end over loopback.
-import DataPlane
+@testable import DataPlane
 import Glibc
 import Synchronization
 import TestKit
@@ -58,7 +58,7 @@ final class RelayTests: XCTestCase {
             XCTAssertEqual(Blocking.sendAll(x, Array("never relayed".utf8)), 0)
             let task = Task(executorPreference: ring) { () -> RelayResult in
                 withUnsafeCurrentTask { $0?.cancel() }
-                return await ring.relay(a, b)
+                return await ring.relay(FileDescriptor(adopting: a), FileDescriptor(adopting: b))
             }
             let result = await task.value
             XCTAssertTrue(result.stopped, "\(result)")
@@ -214,7 +214,7 @@ final class RelayTests: XCTestCase {
                 for i in 0..<n {
                     let ring = relays.executors[i % 2]
                     let q = all[i]
-                    group.addTask(executorPreference: ring) { (i, await ring.relay(q.a, q.b)) }
+                    group.addTask(executorPreference: ring) { (i, await ring.relay(FileDescriptor(adopting: q.a), FileDescriptor(adopting: q.b))) }
                 }
                 var out = [RelayResult?](repeating: nil, count: n)
                 for await (i, r) in group { out[i] = r }
@@ -279,7 +279,7 @@ final class RelayTests: XCTestCase {
         do {
             try await ring.sendAll(fd, RandomPool.shared.slice(seed: send.seed, count: send.count))
             check.check(ring)
-            Socket.shutdownWrite(fd)
+            Glibc.shutdown(fd, Int32(SHUT_WR))
         } catch {
             failure = "send: \(error)"
         }
@@ -336,13 +336,13 @@ extension RelayTests {
             let firstEnd = Atomic<Bool>(true)
             @Sendable func startFresh() {
                 for (k, ((_, a), (_, b))) in fresh.enumerated() {
-                    let h = ring.startRelay(a, b) { ends[2 + k].fulfill($0) }
+                    let h = ring.startRelay(FileDescriptor(adopting: a), FileDescriptor(adopting: b)) { ends[2 + k].fulfill($0) }
                     freshHandles.withLock { $0.append(h) }
                 }
             }
             await Task(executorPreference: ring) {
                 for (i, ((_, a), (_, b))) in ending.enumerated() {
-                    let h = ring.startRelay(a, b) { r in
+                    let h = ring.startRelay(FileDescriptor(adopting: a), FileDescriptor(adopting: b)) { r in
                         ends[i].fulfill(r)
                         if firstEnd.exchange(false, ordering: .relaxed) { startFresh() }
                         handles.withLock { $0 }[1 - i].stop()

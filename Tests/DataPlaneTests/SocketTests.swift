@@ -1,5 +1,5 @@
 // Socket set-up helpers and SocketAddress, on real loopback sockets.
-import DataPlane
+@testable import DataPlane
 import Glibc
 import TestKit
 import XCTest
@@ -52,19 +52,18 @@ final class SocketTests: XCTestCase {
             close(x)
             close(inner)
         }
-        Socket.setNoDelay(inner, true)
+        try Socket.setNoDelay(inner, true)
         XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_NODELAY), 1)
-        Socket.setNoDelay(inner, false)
+        try Socket.setNoDelay(inner, false)
         XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_NODELAY), 0)
-        Socket.setKeepAlive(inner, idle: 37, interval: 5)
+        try Socket.setKeepAlive(inner, idle: 37, interval: 5)
         XCTAssertEqual(option(inner, SOL_SOCKET, SO_KEEPALIVE), 1)
         XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_KEEPIDLE), 37)
         XCTAssertEqual(option(inner, Int32(IPPROTO_TCP), TCP_KEEPINTVL), 5)
         XCTAssertNotEqual(fcntl(inner, F_GETFL) & O_NONBLOCK, 0, "accepted relay-side sockets are non-blocking")
         let fresh = try Socket.tcp(family: AF_INET)
-        defer { close(fresh) }
-        XCTAssertNotEqual(fcntl(fresh, F_GETFL) & O_NONBLOCK, 0)
-        XCTAssertNotEqual(fcntl(fresh, F_GETFD) & FD_CLOEXEC, 0)
+        XCTAssertNotEqual(fcntl(fresh.rawValue, F_GETFL) & O_NONBLOCK, 0)
+        XCTAssertNotEqual(fcntl(fresh.rawValue, F_GETFD) & FD_CLOEXEC, 0)
     }
 
     private func option(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32 {
@@ -100,74 +99,76 @@ final class SocketTests: XCTestCase {
         close(inner2)
     }
 
-    /// Listeners with SO_REUSEPORT share a port (one per worker); without it the port is taken.
-    func testReusePortListenersShareAPort() throws {
-        let first = try Socket.listen(SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: true)
-        defer { close(first) }
-        let address = try XCTUnwrap(Socket.localAddress(first))
-        let second = try Socket.listen(address, reusePort: true)
-        close(second)
-        XCTAssertThrowsError(try Socket.listen(address, reusePort: false)) { error in
+    /// Listeners with SO_REUSEPORT share a port; without it (how the server listens) the port is
+    /// one listener's alone.
+    func testReusePortListenersShareAPortAndOthersDoNot() throws {
+        let first = try TCPListener(SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: true)
+        _ = try TCPListener(first.address, reusePort: true)
+        XCTAssertThrowsError(try TCPListener(first.address, reusePort: false)) { error in
             XCTAssertEqual((error as? IOError)?.errno, .addressInUse, "\(error)")
+        }
+        let exclusive = try TCPListener(SocketAddress(ip: "127.0.0.1", port: 0)!)
+        for reusePort in [false, true] {
+            XCTAssertThrowsError(try TCPListener(exclusive.address, reusePort: reusePort)) { error in
+                XCTAssertEqual((error as? IOError)?.errno, .addressInUse, "\(error)")
+            }
         }
     }
 
     /// Connect through the ring over IPv6 loopback (when the host has it), with matching addresses.
     func testConnectOverIPv6Loopback() async throws {
-        let listener: Int32
+        let listener: TCPListener
         do {
-            listener = try Socket.listen(SocketAddress(ip: "::1", port: 0)!, reusePort: false)
+            listener = try TCPListener(SocketAddress(ip: "::1", port: 0)!)
         } catch {
             throw XCTSkip("no IPv6 loopback here: \(error)")
         }
-        defer { close(listener) }
         let group = try RingGroup(threads: 1)
         defer { shutdownOrFail(group) }
         let ring = group.executors[0]
-        let address = try XCTUnwrap(Socket.localAddress(listener))
+        let address = listener.address
         XCTAssertTrue(address.isIPv6)
         let (client, server) = try await withDeadline(10, "IPv6 connect and accept") {
-            try await Task(executorPreference: ring) { () async throws -> (Int32, Int32) in
-                async let accepted = ring.accept(listener)
+            try await Task(executorPreference: ring) { () async throws -> (SocketStream, SocketStream) in
+                async let accepted = listener.accept(on: ring)
                 let client = try await Socket.connect(to: address, on: ring, timeout: .seconds(5))
                 return (client, try await accepted)
             }.value
         }
         defer {
-            close(client)
-            close(server)
+            client.close()
+            server.close()
         }
-        XCTAssertEqual(Socket.peerAddress(client), address)
-        XCTAssertEqual(Socket.localAddress(client), Socket.peerAddress(server))
+        XCTAssertEqual(client.peerAddress, address)
+        XCTAssertEqual(Socket.address(client.fd, peer: false), server.peerAddress)
         let got = try await Task(executorPreference: ring) { () async throws -> [UInt8] in
-            try await ring.sendAll(client, bytes: [1, 2, 3, 4])
-            return try await ring.recvExact(server, count: 4, timeout: .seconds(5))
+            try await client.write(bytes: [1, 2, 3, 4])
+            return try await server.readExact(count: 4, timeout: .seconds(5))
         }.value
         XCTAssertEqual(got, [1, 2, 3, 4])
     }
 
-    /// closeListener wakes an accept the ring has in flight on the listener. The accept is known to
-    /// be in flight before the listener closes: an accept submitted after the close would fail on
-    /// its own (EBADF) and prove nothing.
+    /// Shutting a listener down wakes an accept the ring has in flight on it. The accept is known
+    /// to be in flight before the shutdown: an accept submitted after it would fail on its own and
+    /// prove nothing.
     func testCloseListenerEndsAcceptInFlight() async throws {
         let f = try RingFixture()
         defer { f.close() }
         let ring = f.ring
-        let listener = try Socket.listen(SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false)
+        let listener = try TCPListener(SocketAddress(ip: "127.0.0.1", port: 0)!)
         let before = await operationsInFlight(ring)
         let task = Task(executorPreference: ring) { () -> IOError? in
             do throws(IOError) {
-                let fd = try await ring.accept(listener)
-                close(fd)
+                try await listener.accept(on: ring).close()
                 return nil
             } catch {
                 return error
             }
         }
         try await waitForOperationInFlight(ring, moreThan: before, "accept")
-        Socket.closeListener(listener)
-        let error = try await withDeadline(10, "accept to end after closeListener") { await task.value }
-        XCTAssertNotNil(error, "accept must fail once its listener is closed")
+        listener.shutdown()
+        let error = try await withDeadline(10, "accept to end after shutdown") { await task.value }
+        XCTAssertNotNil(error, "accept must fail once its listener is shut down")
         XCTAssertNotEqual(error, .cancelled)
         let after = await operationsInFlight(ring)
         XCTAssertEqual(after, before, "the accept still holds its slot")

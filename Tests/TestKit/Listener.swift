@@ -82,7 +82,7 @@ public final class Listener: Sendable {
         }
         _ = fcntl(inner, F_SETFL, fcntl(inner, F_GETFL) | O_NONBLOCK)
         // Only one connection is ever pending, but make sure the two ends really belong together.
-        guard Socket.peerAddress(inner)?.port == Socket.localAddress(outer)?.port else {
+        guard peerPort(inner) == localPort(outer) else {
             Glibc.close(outer)
             Glibc.close(inner)
             throw TestFailure("accepted a connection that is not ours")

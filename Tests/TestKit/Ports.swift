@@ -81,4 +81,14 @@ public func localPort(_ fd: Int32) -> UInt16 {
     return UInt16(bigEndian: addr.sin6_port)
 }
 
+/// The peer's port of a connected socket of either family.
+public func peerPort(_ fd: Int32) -> UInt16 {
+    var addr = sockaddr_in6()
+    var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+    _ = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+    }
+    return UInt16(bigEndian: addr.sin6_port)
+}
+
 public func errnoText(_ e: Int32 = errno) -> String { String(cString: strerror(e)) }

@@ -34,18 +34,19 @@ public func startRelay(_ kind: RelayKind, on ring: RingExecutor, _ a: Int32, _ b
     switch kind {
     case .spliceAsync:
         let task = Task(executorPreference: ring) {
-            let r = await ring.relay(a, b)
+            let r = await ring.relay(FileDescriptor(adopting: a), FileDescriptor(adopting: b))
             promise.fulfill(r)
         }
         return RunningRelay(result: promise, stop: { task.cancel() })
     case .spliceHandle:
         let handle = await Task(executorPreference: ring) { () -> RelayHandle in
-            ring.startRelay(a, b) { promise.fulfill($0) }
+            ring.startRelay(FileDescriptor(adopting: a), FileDescriptor(adopting: b)) { promise.fulfill($0) }
         }.value
         return RunningRelay(result: promise, stop: { handle.stop() })
     case .copy:
         let task = Task(executorPreference: ring) {
-            let r = await CopyRelay.run(SocketStream(fd: a, ring: ring), SocketStream(fd: b, ring: ring), on: ring)
+            let r = await CopyRelay.run(SocketStream(FileDescriptor(adopting: a), ring: ring),
+                                        SocketStream(FileDescriptor(adopting: b), ring: ring), on: ring)
             promise.fulfill(r)
         }
         return RunningRelay(result: promise, stop: { task.cancel() })

@@ -27,13 +27,15 @@ let useCopy = copy
 
 Socket.raiseOpenFileLimit()
 let group = try RingGroup(threads: threads)
+let listener = try TCPListener(listen)
+let connections = ConnectionSet()
 for ring in group.executors {
-    let listener = try Socket.listen(listen)
+    // Unstructured on purpose: a benchmark tool whose loops live as long as the process.
     Task(executorPreference: ring) {
         while true {
-            let fd: Int32
+            let visitor: SocketStream
             do {
-                fd = try await ring.accept(listener)
+                visitor = try await listener.accept(on: ring)
             } catch IOError.cancelled {
                 return
             } catch {
@@ -41,15 +43,15 @@ for ring in group.executors {
             }
             Task(executorPreference: ring) {
                 guard let upstream = try? await Socket.connect(to: target, on: ring, timeout: .seconds(5)) else {
-                    Socket.close(fd)
+                    visitor.close()
                     return
                 }
-                Socket.setNoDelay(fd, true)
-                Socket.setNoDelay(upstream, true)
+                try? visitor.setNoDelay(true)
+                try? upstream.setNoDelay(true)
                 if useCopy {
-                    _ = await CopyRelay.run(SocketStream(fd: fd, ring: ring), SocketStream(fd: upstream, ring: ring), on: ring)
+                    _ = await CopyRelay.run(visitor, upstream, on: ring)
                 } else {
-                    ring.startRelay(fd, upstream) { _ in }
+                    startSplice(visitor, upstream, on: ring, tracking: connections)
                 }
             }
         }

@@ -71,14 +71,15 @@ func oneLine(_ s: String) -> String {
 
 func readText(_ path: String) throws(ConfigError) -> String {
     let bytes: [UInt8]
-    switch Files.read(path) {
-    case .success(let b): bytes = b
-    case .failure(let e) where e.rawValue == EFBIG:
+    do {
+        bytes = try Files.read(path)
+    } catch .system(.fileTooLarge, _) {
         throw ConfigError(file: path, key: nil, message: "the file is larger than 16 MiB")
-    case .failure(let e) where [ENOENT, EACCES, ENOTDIR, ELOOP].contains(e.rawValue):
+    } catch .system(let e, _) where [ENOENT, EACCES, ENOTDIR, ELOOP].contains(e.rawValue) {
         throw ConfigError(file: path, key: nil, message: "cannot open the file: \(e)")
-    case .failure(let e):
-        throw ConfigError(file: path, key: nil, message: "cannot read the file: \(e)")
+    } catch {
+        let reason = error.errno.map(\.description) ?? error.description
+        throw ConfigError(file: path, key: nil, message: "cannot read the file: \(reason)")
     }
     guard let text = String(validating: bytes, as: UTF8.self) else {
         throw ConfigError(file: path, key: nil, message: "the file is not valid UTF-8")

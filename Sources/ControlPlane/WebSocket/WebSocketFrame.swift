@@ -18,6 +18,8 @@ public enum WebSocketFrameError: Error, Equatable, Sendable, CustomStringConvert
     case messageInterrupted
     /// The stream ended inside a frame or a fragmented message.
     case truncated
+    /// Our side wrote after sending its close frame.
+    case writeAfterClose
 
     public var description: String {
         switch self {
@@ -33,6 +35,7 @@ public enum WebSocketFrameError: Error, Equatable, Sendable, CustomStringConvert
         case .continuationWithoutMessage: return "websocket continuation frame outside a message"
         case .messageInterrupted: return "new websocket message before the previous one ended"
         case .truncated: return "connection closed in the middle of a websocket frame"
+        case .writeAfterClose: return "websocket write after our close frame"
         }
     }
 }

@@ -14,27 +14,33 @@ protocol MessageFramedStream: ByteStream {
 /// close frame (sent by `shutdownWrite`) ends the writing side, so a FIN each way still maps to
 /// one close each way.
 ///
-/// @unchecked Sendable: every operation runs on the home ring, so the state below is only ever
-/// touched from that thread; the reader and the writer tasks interleave only at their awaits.
-final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
+/// Every operation runs on the home ring, which is where the state below lives; the reader and
+/// the writer tasks interleave only at their awaits.
+final class WebSocketStream: MessageFramedStream {
     let inner: ByteStream
     let ring: RingExecutor
     /// We are the client: our frames are masked, the peer's must not be.
     let masking: Bool
-    private var decoder: WebSocketFrameDecoder
-    /// Received bytes not decoded yet: an incomplete header or control frame, or what followed the
-    /// upgrade in its read. `rawIsIncomplete`: decoding them needs more input.
-    private let raw = ByteBuffer()
-    private var rawIsIncomplete = false
-    /// Payload decoded for a reader whose buffer was too small to decode into.
-    private let decoded = ByteBuffer()
-    private var controls: [WebSocketControlFrame] = []
-    private var writing = false
-    private var writeWaiters: [UnsafeContinuation<Void, Never>] = []
-    /// The payload of a ping to answer once the current writer is done (only the latest counts).
-    private var pendingPong: [UInt8]?
-    private var sentClose = false
-    private var masks: [UInt32] = []
+    private let state: RingBound<State>
+
+    private final class State {
+        var decoder: WebSocketFrameDecoder
+        /// Received bytes not decoded yet: an incomplete header or control frame, or what followed
+        /// the upgrade in its read. `rawIsIncomplete`: decoding them needs more input.
+        let raw = ByteBuffer()
+        var rawIsIncomplete = false
+        /// Payload decoded for a reader whose buffer was too small to decode into.
+        let decoded = ByteBuffer()
+        var controls: [WebSocketControlFrame] = []
+        var writing = false
+        var writeWaiters: [UnsafeContinuation<Void, Never>] = []
+        /// The payload of a ping to answer once the current writer is done (only the latest counts).
+        var pendingPong: [UInt8]?
+        var sentClose = false
+        var masks: [UInt32] = []
+
+        init(decoder: WebSocketFrameDecoder) { self.decoder = decoder }
+    }
 
     /// Reads into buffers at least this large decode in place; smaller ones go through `decoded`.
     static let directReadMinimum = 16 * 1024
@@ -46,59 +52,63 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
         self.inner = inner
         self.ring = ring
         self.masking = masking
-        self.decoder = WebSocketFrameDecoder(peerMasks: !masking)
-        if !received.isEmpty { raw.append(Array(received)) }
+        let state = State(decoder: WebSocketFrameDecoder(peerMasks: !masking))
+        if !received.isEmpty { state.raw.append(Array(received)) }
+        self.state = RingBound(state, ring: ring)
     }
 
-    var fd: Int32 { inner.fd }
-    var spliceableFD: Int32? { nil }
+    func shutdown() { inner.shutdown() }
+    var isAlive: Bool { inner.isAlive }
+    var peerAddress: SocketAddress? { inner.peerAddress }
 
     func waitReadable() async throws(IOError) {
         try await ring.onRing { () async throws(IOError) in
-            if !decoded.isEmpty || decoder.closed || (!raw.isEmpty && !rawIsIncomplete) { return }
+            let st = state.value
+            if !st.decoded.isEmpty || st.decoder.closed || (!st.raw.isEmpty && !st.rawIsIncomplete) { return }
             try await inner.waitReadable()
         }
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async throws(IOError) -> Int {
         try await ring.onRing { () async throws(IOError) -> Int in
+            let st = state.value
             while true {
-                if !decoded.isEmpty { return copyDecoded(into: buffer) }
-                if decoder.closed { return 0 }
-                let needInput = raw.isEmpty || rawIsIncomplete
-                let direct = buffer.count >= Self.directReadMinimum && raw.readable.count <= WebSocketFrame.maxControlFrameSize
+                if !st.decoded.isEmpty { return copyDecoded(into: buffer) }
+                if st.decoder.closed { return 0 }
+                let needInput = st.raw.isEmpty || st.rawIsIncomplete
+                let direct = buffer.count >= Self.directReadMinimum && st.raw.readable.count <= WebSocketFrame.maxControlFrameSize
                 // An idle stream holds no buffer: wait for bytes before taking one.
                 if !direct && needInput && timeout == nil { try await inner.waitReadable() }
-                let space = direct ? buffer : decoded.reserve(raw.readable.count + Self.smallReadSize)
-                // What is left from before goes in front; it leaves `raw` once the read succeeded.
-                let carried = raw.readable.count
-                if carried > 0 { space.copyMemory(from: raw.readable) }
+                let space = direct ? buffer : st.decoded.reserve(st.raw.readable.count + Self.smallReadSize)
+                // What is left from before goes in front; it leaves `st.raw` once the read succeeded.
+                let carried = st.raw.readable.count
+                if carried > 0 { space.copyMemory(from: st.raw.readable) }
                 var filled = carried
                 if needInput {
                     let n = try await inner.read(into: UnsafeMutableRawBufferPointer(rebasing: space[carried...]), timeout: timeout)
                     if n == 0 {
-                        if carried > 0 || !decoder.atBoundary { throw Self.failure(.truncated) }
+                        if carried > 0 || !st.decoder.atBoundary { throw Self.failure(.truncated) }
                         return 0
                     }
                     filled += n
                 }
-                raw.consume(carried)
+                st.raw.consume(carried)
                 let payload: Int
                 do throws(WebSocketFrameError) {
-                    let (count, consumed) = try decoder.decode(space, count: filled, controls: &controls)
+                    let (count, consumed) = try st.decoder.decode(space, count: filled, controls: &st.controls)
                     payload = count
-                    if consumed < filled { raw.append(Array(UnsafeRawBufferPointer(rebasing: space[consumed..<filled]))) }
-                    rawIsIncomplete = !raw.isEmpty
+                    if consumed < filled { st.raw.append(Array(UnsafeRawBufferPointer(rebasing: space[consumed..<filled]))) }
+                    st.rawIsIncomplete = !st.raw.isEmpty
                 } catch {
                     throw Self.failure(error)
                 }
-                if !controls.isEmpty { try await answerControls() }
+                if !st.controls.isEmpty { try await answerControls() }
                 if direct {
                     if payload > 0 { return payload }
                 } else {
-                    decoded.commit(payload)
+                    st.decoded.commit(payload)
                     if payload > 0 { return copyDecoded(into: buffer) }
-                    decoded.consume(0)   // releases the unused space
+                    st.decoded.consume(0)   // releases the unused space
                 }
             }
         }
@@ -106,7 +116,8 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
 
     func write(_ buffer: UnsafeRawBufferPointer) async throws(IOError) {
         try await ring.onRing { () async throws(IOError) in
-            if sentClose { throw IOError.system(Errno(EPIPE), operation: "websocket write after our close frame") }
+            let st = state.value
+            if st.sentClose { throw IOError.layer(WebSocketFrameError.writeAfterClose) }
             if buffer.isEmpty { return }
             await lockWrites()
             defer { unlockWrites() }
@@ -123,7 +134,8 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
     /// Each message in a binary frame of its own, all in one write to the inner stream.
     func writeEach(_ messages: [[UInt8]]) async throws(IOError) {
         try await ring.onRing { () async throws(IOError) in
-            if sentClose { throw IOError.system(Errno(EPIPE), operation: "websocket write after our close frame") }
+            let st = state.value
+            if st.sentClose { throw IOError.layer(WebSocketFrameError.writeAfterClose) }
             await lockWrites()
             defer { unlockWrites() }
             var frames: [UInt8] = []
@@ -135,8 +147,9 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
 
     func shutdownWrite() async {
         try? await ring.onRing { () async throws(IOError) in
-            if sentClose { return }
-            sentClose = true
+            let st = state.value
+            if st.sentClose { return }
+            st.sentClose = true
             await lockWrites()
             defer { unlockWrites() }
             // As upstream: a close frame without a status code.
@@ -147,26 +160,29 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
 
     func close() { inner.close() }
 
+
     func closeWhenPeerDone(grace: Duration) async { await inner.closeWhenPeerDone(grace: grace) }
 
     // MARK: Reading
 
     private func copyDecoded(into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        let n = min(buffer.count, decoded.readable.count)
-        buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: decoded.readable[..<n]))
-        decoded.consume(n)
+        let st = state.value
+        let n = min(buffer.count, st.decoded.readable.count)
+        buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: st.decoded.readable[..<n]))
+        st.decoded.consume(n)
         return n
     }
 
     /// Pings get a pong (now, or after the write in progress); pongs are ignored; a close frame
-    /// has already ended the reading side in the decoder.
+    /// has already ended the reading side in the st.decoder.
     private func answerControls() async throws(IOError) {
-        let frames = controls
-        controls.removeAll(keepingCapacity: false)
-        for frame in frames where frame.kind == .ping && !sentClose {
-            pendingPong = frame.payload
+        let st = state.value
+        let frames = st.controls
+        st.controls.removeAll(keepingCapacity: false)
+        for frame in frames where frame.kind == .ping && !st.sentClose {
+            st.pendingPong = frame.payload
         }
-        if pendingPong != nil && !writing {
+        if st.pendingPong != nil && !st.writing {
             await lockWrites()
             defer { unlockWrites() }
             try await sendPendingPong()
@@ -174,19 +190,21 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
     }
 
     private static func failure(_ error: WebSocketFrameError) -> IOError {
-        .system(Errno(EBADMSG), operation: error.description)
+        .layer(error)
     }
 
     // MARK: Writing (with the write lock held)
 
     private func lockWrites() async {
-        while writing { await withUnsafeContinuation { writeWaiters.append($0) } }
-        writing = true
+        let st = state.value
+        while st.writing { await withUnsafeContinuation { st.writeWaiters.append($0) } }
+        st.writing = true
     }
 
     private func unlockWrites() {
-        writing = false
-        if !writeWaiters.isEmpty { writeWaiters.removeFirst().resume() }
+        let st = state.value
+        st.writing = false
+        if !st.writeWaiters.isEmpty { st.writeWaiters.removeFirst().resume() }
     }
 
     private func sendFrames(_ payload: UnsafeRawBufferPointer) async throws(IOError) {
@@ -211,8 +229,9 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
     }
 
     private func sendPendingPong() async throws(IOError) {
-        guard let payload = pendingPong else { return }
-        pendingPong = nil
+        let st = state.value
+        guard let payload = st.pendingPong else { return }
+        st.pendingPong = nil
         try await sendControl(.pong, payload)
     }
 
@@ -230,11 +249,12 @@ final class WebSocketStream: MessageFramedStream, @unchecked Sendable {
     /// A fresh masking key when we are the client (RFC 6455 wants them unpredictable), drawn from
     /// a small batch of random bytes.
     private func nextMask() -> UInt32? {
+        let st = state.value
         guard masking else { return nil }
-        if masks.isEmpty {
-            masks = [UInt32](repeating: 0, count: 32)
-            masks.withUnsafeMutableBytes { fillSecureRandom($0) }
+        if st.masks.isEmpty {
+            st.masks = [UInt32](repeating: 0, count: 32)
+            st.masks.withUnsafeMutableBytes { fillSecureRandom($0) }
         }
-        return masks.removeLast()
+        return st.masks.removeLast()
     }
 }

@@ -38,12 +38,12 @@ struct WebSocketTransport: Transport {
             return WebSocketStream(over: stream, ring: ring, masking: true, received: rest)
         } catch {
             stream.close()
-            throw TransportError("websocket handshake: \(error)")
+            throw .websocket(error)
         }
     }
 
-    func accept(fd: Int32, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
-        let stream = try await underlying.accept(fd: fd, on: ring)
+    func accept(_ socket: SocketStream, on ring: RingExecutor) async throws(TransportError) -> ByteStream {
+        let stream = try await underlying.accept(socket, on: ring)
         do throws(WebSocketUpgradeFailure) {
             // No deadline here: the server bounds the whole accept and greeting.
             let (head, rest) = try await Self.readHead(from: stream, startsWith: "GET ", deadline: nil)
@@ -57,8 +57,8 @@ struct WebSocketTransport: Transport {
             try await Self.send(WebSocketHandshake.response(key: key), on: stream)
             return WebSocketStream(over: stream, ring: ring, masking: false, received: rest)
         } catch {
-            // Not closed here: the server closes the socket when accept throws.
-            throw TransportError("websocket handshake: \(error)")
+            stream.close()
+            throw .websocket(error)
         }
     }
 
@@ -108,7 +108,8 @@ struct WebSocketTransport: Transport {
     }
 }
 
-private enum WebSocketUpgradeFailure: Error, CustomStringConvertible {
+/// Why a websocket upgrade failed: the connection, or what the peer said.
+enum WebSocketUpgradeFailure: Error, CustomStringConvertible {
     case io(IOError)
     case handshake(WebSocketHandshakeError)
 

@@ -1,0 +1,99 @@
+import Synchronization
+
+/// Relays two streams until both directions have ended, taking ownership of both: spliced in the
+/// kernel when both are plain sockets, copied through shared buffers otherwise (encrypted or
+/// framed streams). The relay is tracked in `connections` until it ends, so that its owner can
+/// stop it. A splice relay runs on in the ring after this returns and reports through `onEnd`; a
+/// copy relay runs in the calling task and returns when it is done.
+public func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, tracking connections: ConnectionSet,
+                  onEnd: (@Sendable (RelayResult) -> Void)? = nil) async {
+    if let sa = a as? SocketStream, let sb = b as? SocketStream {
+        try? await ring.onRing { () async throws(IOError) in
+            startSplice(sa, sb, on: ring, tracking: connections, onEnd: onEnd)
+        }
+        return
+    }
+    let id = connections.add(.copy(a, b))
+    let result = await CopyRelay.run(a, b, on: ring)
+    connections.remove(id)
+    onEnd?(result)
+}
+
+/// Starts splicing two sockets on `ring` (call on its thread); both are closed when the relay
+/// ends. A socket already closed ends the relay at once, with EBADF.
+public func startSplice(_ a: SocketStream, _ b: SocketStream, on ring: RingExecutor, tracking connections: ConnectionSet,
+                        onEnd: (@Sendable (RelayResult) -> Void)? = nil) {
+    guard let fa = a.detach() else {
+        b.close()
+        onEnd?(RelayResult(error: .badFileDescriptor))
+        return
+    }
+    guard let fb = b.detach() else {
+        _ = consume fa
+        onEnd?(RelayResult(error: .badFileDescriptor))
+        return
+    }
+    let id = connections.reserve()
+    let handle = ring.startRelay(fa, fb) { result in
+        connections.remove(id)
+        onEnd?(result)
+    }
+    connections.register(id, .splice(handle))
+}
+
+/// The connections a service is relaying, each with a way to stop it.
+public final class ConnectionSet: Sendable {
+    public enum Running: Sendable {
+        case splice(RelayHandle)
+        /// A copy relay ends when its streams are shut down under it.
+        case copy(ByteStream, ByteStream)
+
+        func stop() {
+            switch self {
+            case .splice(let handle): handle.stop()
+            case .copy(let a, let b):
+                a.shutdown()
+                b.shutdown()
+            }
+        }
+    }
+
+    private let state = Mutex<(next: Int, running: [Int: Running])>((0, [:]))
+
+    public init() {}
+
+    func reserve() -> Int {
+        state.withLock { s in
+            s.next += 1
+            return s.next
+        }
+    }
+
+    func register(_ id: Int, _ connection: Running) {
+        state.withLock { $0.running[id] = connection }
+    }
+
+    func add(_ connection: Running) -> Int {
+        state.withLock { s in
+            s.next += 1
+            s.running[s.next] = connection
+            return s.next
+        }
+    }
+
+    func remove(_ id: Int) {
+        _ = state.withLock { $0.running.removeValue(forKey: id) }
+    }
+
+    public var count: Int { state.withLock { $0.running.count } }
+
+    /// Stops every connection still running.
+    public func stopAll() {
+        let all = state.withLock { s -> [Running] in
+            let all = Array(s.running.values)
+            s.running.removeAll()
+            return all
+        }
+        all.forEach { $0.stop() }
+    }
+}
