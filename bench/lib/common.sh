@@ -1,4 +1,4 @@
-# Shared helpers for bench/run.sh and perf/relay.sh. Source it; do not run it.
+# Shared helpers for bench/run.sh and the perf/ scripts. Source it; do not run it.
 # Every process started through start_bg is recorded and ended by cleanup (installed as an EXIT trap
 # by the caller), so a run never leaves a process or a bound port behind.
 
@@ -156,6 +156,35 @@ rss_kb() {
     echo "$total"
 }
 
+# fd_count PID...: open file descriptors of the processes together.
+fd_count() {
+    local p total=0 n
+    for p in "$@"; do
+        n=$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+# pipe_count PID...: pipe ends the processes hold.
+pipe_count() {
+    local p total=0 n
+    for p in "$@"; do
+        n=$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 -lname 'pipe:*' 2>/dev/null | wc -l)
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+# kernel_kb: "SLAB_KB TCPMEM_KB", the kernel's slab memory (/proc/meminfo Slab: sockets, files,
+# epoll and io_uring entries, pipe buffer arrays) and TCP socket buffers (/proc/net/sockstat, pages).
+kernel_kb() {
+    local slab pages
+    slab=$(awk '/^Slab:/ { print $2 }' /proc/meminfo)
+    pages=$(awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat)
+    echo "$slab $(( ${pages:-0} * $(getconf PAGESIZE) / 1024 ))"
+}
+
 # json_get FILE EXPR: evaluate a python expression over the parsed JSON document `d`.
 json_get() {
     "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null
@@ -167,18 +196,24 @@ cpu_per_10gb() {
 }
 
 # haproxy_hop_cfg FILE "LISTEN_PORT:TARGET_PORT ..." : write a one-thread tcp-mode HAProxy config that
-# splices each LISTEN_PORT on 127.0.0.1 to TARGET_PORT on 127.0.0.1.
+# splices each LISTEN_PORT on 127.0.0.1 to TARGET_PORT on 127.0.0.1. maxconn 9000 (global and per
+# frontend) lets a hop hold the 8,000 connections of the held and burst workloads. HAProxy sizes its
+# fd limit from maxconn and maxpipes (2 fds each; maxpipes defaults to maxconn / 4, which would ask
+# for 22,516 fds): 500 pipes keep it under the 20,000 open-file limit and are plenty for splicing
+# the few busy connections of the bitrate runs.
 haproxy_hop_cfg() {
     local file=$1 pairs=$2 pair l t
     {
         cat <<CFG
 global
     nbthread 1
-    maxconn 6000
+    maxconn 9000
+    maxpipes 500
     tune.pipesize 262144
 
 defaults
     mode tcp
+    maxconn 9000
     option splice-request
     option splice-response
     timeout connect 5s
