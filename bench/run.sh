@@ -163,9 +163,7 @@ selected haproxy && VERSIONS+=", HAProxy $(haproxy -v | awk 'NR==1{print $3}')"
 [ -n "$FRPS" ] && VERSIONS+=", frp $(version_of "$FRPS" --version)"
 [ -n "$UPSTREAM" ] && VERSIONS+=", upstream rathole: $(version_of "$UPSTREAM" --version)"
 if [ -n "$OURS" ]; then
-    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    git -C "$ROOT" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || commit+=" with uncommitted changes"
-    VERSIONS+=", ours: $(version_of "$OURS" --version) (commit $commit)"
+    VERSIONS+=", ours: $(version_of "$OURS" --version) (commit $(ours_commit "$ROOT"))"
 fi
 
 put _meta date "$(date '+%Y-%m-%d %H:%M')"
@@ -173,7 +171,7 @@ put _meta quick "$QUICK"
 put _meta full "$FULL"
 put _meta rounds "$ROUNDS"
 put _meta cmd "$CMDLINE"
-put _meta machine "$(nproc) cores ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r), open-file limit $(ulimit -n), load average before the run $(cut -d' ' -f1-3 /proc/loadavg)"
+put _meta machine "$(machine_line)"
 put _meta versions "$VERSIONS"
 put _meta d_tcp "$D_TCP"; put _meta d_udp "$D_UDP"; put _meta d_http "$D_HTTP"; put _meta d_rate "$D_RATE"
 put _meta mem_levels "$MEM_LEVELS"; put _meta hold_n "$HOLD_N"; put _meta burst_n "$BURST_N"
@@ -298,21 +296,9 @@ run_tls() {
     stop_instance
 }
 
-# round_order N: the systems in round N's order: rotated by N-1, reversed in even rounds, so each
-# system runs early and late and beside different neighbours.
-round_order() {
-    local n=$1 k=${#SYSTEMS[@]} i order=()
-    for ((i = 0; i < k; i++)); do order+=("${SYSTEMS[$(( (i + n - 1) % k ))]}"); done
-    if [ $((n % 2)) = 0 ]; then
-        for ((i = k - 1; i >= 0; i--)); do printf '%s ' "${order[$i]}"; done
-    else
-        printf '%s ' "${order[@]}"
-    fi
-}
-
 START=$(date +%s)
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-    order=$(round_order "$ROUND")
+    order=$(round_order "$ROUND" "${SYSTEMS[@]}")
     put _meta "order_$ROUND" "$order"
     log "=== round $ROUND of $ROUNDS: $order"
     for sys in $order; do

@@ -195,6 +195,27 @@ cpu_per_10gb() {
     "$PY" -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.2f" % (t/hz*1e10/b) if b>0 else "n/a")' "$1" "$2" "$CLK_TCK"
 }
 
+# round_order N NAME...: the names in round N's order: rotated left by N-1, so that over as many
+# rounds as names each one runs once in every position (a Latin square), first and last alike.
+round_order() {
+    local n=$1; shift
+    local k=$# i names=("$@")
+    for ((i = 0; i < k; i++)); do printf '%s ' "${names[$(( (i + n - 1) % k ))]}"; done
+}
+
+# machine_line: cores, CPU, memory, kernel, open-file limit and load, for result headers.
+machine_line() {
+    echo "$(nproc) cores ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r), open-file limit $(ulimit -n), load average before the run $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+# ours_commit: the checked-out commit, marked when Sources or Package.swift have local changes.
+ours_commit() {
+    local root=$1 c
+    c=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git -C "$root" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || c+=" with uncommitted changes"
+    echo "$c"
+}
+
 # haproxy_hop_cfg FILE "LISTEN_PORT:TARGET_PORT ..." : write a one-thread tcp-mode HAProxy config that
 # splices each LISTEN_PORT on 127.0.0.1 to TARGET_PORT on 127.0.0.1. maxconn 9000 (global and per
 # frontend) lets a hop hold the 8,000 connections of the held and burst workloads. HAProxy sizes its

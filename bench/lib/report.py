@@ -3,6 +3,10 @@
 
   report.py wrk FILE
       parse wrk --latency output; prints "REQ_PER_S P50_MS P99_MS ERRORS" (n/a when missing)
+  report.py perf RESULTS.tsv
+      for the perf/ scripts: RESULTS.tsv holds lines "system<TAB>streams<TAB>gbps<TAB>cpu<TAB>round";
+      prints a markdown table, one row per system and streams (in first-seen order), with the
+      median (min-max) of the rounds
   report.py render RESULTS.tsv OUT.md CHART_DIR
       RESULTS.tsv holds lines "system<TAB>key<TAB>value<TAB>round" (system "_meta" for run facts,
       key "note" for free text). Writes the markdown report to OUT.md and stdout, and gnuplot charts
@@ -544,9 +548,27 @@ plot "{mem}" using 2:xtic(1) title "idle" {memcols}, {memlab}
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def perf_table(tsv):
+    rows = {}
+    for line in open(tsv):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 5:
+            continue
+        label, streams, gbps, cpu, rnd = parts
+        d = rows.setdefault((label, streams), {})
+        d.setdefault("gbps", {})[int(rnd)] = gbps
+        d.setdefault("cpu", {})[int(rnd)] = cpu
+    print("| system | streams | Gbit/s | CPU s / 10 GB |")
+    print("|---|---|---|---|")
+    for (label, streams), d in rows.items():
+        print("| %s | %s | %s | %s |" % (label, streams, cell(d, "gbps", "%.2f"), cell(d, "cpu", "%.2f")))
+
+
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == "wrk":
         parse_wrk(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "perf":
+        perf_table(sys.argv[2])
     elif len(sys.argv) == 5 and sys.argv[1] == "render":
         render(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
