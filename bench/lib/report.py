@@ -244,7 +244,7 @@ def dedup_notes(notes):
     return out
 
 
-def causes(present):
+def causes(present, tls_present):
     """Why figures differ: what each peer does differently, stated from the peers' own defaults."""
     out = [
         "Pool sizes: ours and upstream rathole keep 8 idle data channels per service ready, frp 1 "
@@ -266,6 +266,13 @@ def causes(present):
         "idle RSS is higher than its per-connection cost suggests: most of it is the statically "
         "linked binary's own pages.",
     ]
+    if tls_present:
+        out.append(
+            "TLS: ours and upstream rathole open one TLS data channel per visitor (a full TLS "
+            "handshake per connection, 8 made ahead in the pool), so `Connection: close` pays a "
+            "handshake per request once the pool is drained; frp carries visitors as yamux streams "
+            "inside its one TLS connection and pays none. With keep-alive or bulk transfer the "
+            "figures compare the record layers (ours: OpenSSL through a copy relay).")
     if "rathole" in present:
         out.append(
             "Upstream rathole sets TCP_NODELAY only on its data channels (`transport.nodelay`); "
@@ -444,7 +451,8 @@ def render(tsv, out_md, chart_dir):
         "`loadgen serve`), so the direct row is the kernel's loopback, not the client.",
         [col("connections/s", "conn_rate", "%.0f")], data, SYSTEMS)
 
-    L += ["### Why figures differ", ""] + ["- " + c for c in causes(present)] + [""]
+    tls_present = [k for k, _ in TLS_SYSTEMS if k in data and values(data[k], "ran")]
+    L += ["### Why figures differ", ""] + ["- " + c for c in causes(present, tls_present)] + [""]
 
     note_lines = []
     for k, text in dedup_notes(notes):
