@@ -308,7 +308,9 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     done
 done
 ROUND=0
-[ -n "$FRPS" ] && note frp "frp's plain rows ran with transport.tls.enable = false; its TLS row with its defaults (TLS on since frp 0.50, with a certificate frps generates and frpc does not verify). Both with transport.tcpMux = true (its default): all visitor connections are yamux streams inside one TCP connection between frpc and frps"
+if [ -n "$FRPS" ]; then
+    note frp "frp's plain rows ran with transport.tls.enable = false; its TLS row with its defaults (TLS on since frp 0.50, with a certificate frps generates and frpc does not verify). Both with transport.tcpMux = true (its default): all visitor connections are yamux streams inside one TCP connection between frpc and frps"
+fi
 put _meta elapsed "$(( $(date +%s) - START ))"
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ iperf_tcp() {
             bytes=$(json_get "$out" "d['end']['sum_received']['bytes']")
             gbps=$(json_get "$out" "'%.2f' % (d['end']['sum_received']['bits_per_second']/1e9)")
             put "$sys" "${key}_gbps" "$gbps"
-            [ "${#INST_PIDS[@]}" -gt 0 ] && put "$sys" "${key}_cpu" "$(cpu_per_10gb $((t1 - t0)) "$bytes")"
+            if [ "${#INST_PIDS[@]}" -gt 0 ]; then
+                put "$sys" "${key}_cpu" "$(cpu_per_10gb $((t1 - t0)) "$bytes")"
+            fi
             log "$sys: TCP $streams stream(s): $gbps Gbit/s"
             return 0
         fi
@@ -54,7 +56,7 @@ udp_runs() {
     fi
     for r in $UDP_RATES; do
         if [ "$ok" = 1 ] && iperf_udp "$sys" "$r"; then continue; fi
-        [ "$ok" = 1 ] && note "$sys" "UDP: iperf3 -u at $r Mbit/s through the tunnel failed or timed out"
+        if [ "$ok" = 1 ]; then note "$sys" "UDP: iperf3 -u at $r Mbit/s through the tunnel failed or timed out"; fi
         ok=0
         put "$sys" "udp${r}_mbps" "n/a"; put "$sys" "udp${r}_loss" "n/a"
     done
@@ -68,7 +70,7 @@ http_run() {
         "http://127.0.0.1:$E_HTTP/index.html" >"$out" 2>&1 || true
     read -r rps p50 p99 errs <<<"$("$PY" "$LIB/report.py" wrk "$out")"
     put "$sys" "${key}_rps" "$rps"; put "$sys" "${key}_p50" "$p50"; put "$sys" "${key}_p99" "$p99"
-    [ "${errs:-0}" != 0 ] && note "$sys" "HTTP $key: wrk reported $errs socket errors or non-2xx responses"
+    if [ "${errs:-0}" != 0 ]; then note "$sys" "HTTP $key: wrk reported $errs socket errors or non-2xx responses"; fi
     log "$sys: HTTP $key: $rps req/s, p50 $p50 ms, p99 $p99 ms"
 }
 
@@ -99,11 +101,12 @@ hold_level() {
             k1=$(kernel_kb)
             put "$sys" kern_slab_kb $(( ${k1% *} - ${k0% *} ))
             put "$sys" kern_tcpmem_kb $(( ${k1#* } - ${k0#* } ))
-            [ "${#INST_PIDS[@]}" -gt 0 ] && put "$sys" pipes_held "$(pipe_count "${INST_PIDS[@]}")"
+            if [ "${#INST_PIDS[@]}" -gt 0 ]; then put "$sys" pipes_held "$(pipe_count "${INST_PIDS[@]}")"; fi
         fi
         log "$sys: held ${words[1]} of $n, ${words[3]} echoed; RSS $(rss_kb "${INST_PIDS[@]:-0}") KiB"
-        [ "${words[1]}" != "$n" ] || [ "${words[3]}" != "$n" ] \
-            && note "$sys" "held $n: only ${words[1]} held and ${words[3]} echoed"
+        if [ "${words[1]}" != "$n" ] || [ "${words[3]}" != "$n" ]; then
+            note "$sys" "held $n: only ${words[1]} held and ${words[3]} echoed"
+        fi
     else
         note "$sys" "could not hold $n connections: ${line:-the load generator gave no answer}"
         put "$sys" "held_$n" "failed"
@@ -146,7 +149,9 @@ burst_run() {
     put "$sys" burst_end_s "${w[16]}"
     if [ "${w[2]}" = "$BURST_N" ]; then put "$sys" burst_all_s "${w[14]}"; else put "$sys" burst_all_s "not all"; fi
     log "$sys: burst: ${w[2]} of $BURST_N served (closed ${w[6]}, wrong bytes ${w[8]}, no answer ${w[10]}); connects took ${w[12]} s, all served: ${w[14]} s, ended at ${w[16]} s"
-    [ "${w[2]}" != "$BURST_N" ] && note "$sys" "burst: ${w[2]} of $BURST_N served, ${w[6]} closed without their echo, ${w[8]} got wrong bytes, ${w[10]} had no answer within ${BURST_DEADLINE} s"
+    if [ "${w[2]}" != "$BURST_N" ]; then
+        note "$sys" "burst: ${w[2]} of $BURST_N served, ${w[6]} closed without their echo, ${w[8]} got wrong bytes, ${w[10]} had no answer within ${BURST_DEADLINE} s"
+    fi
 }
 
 # rate_run SYS: new tunnelled connections per second, 16 in flight.
@@ -156,7 +161,7 @@ rate_run() {
     read -r -a w <<<"$line"
     if [ "${w[0]:-}" = rate ]; then
         put "$sys" conn_rate "${w[1]}"
-        [ "${w[5]:-0}" != 0 ] && note "$sys" "connection setup: ${w[5]} of $(( w[3] + w[5] )) connections failed"
+        if [ "${w[5]:-0}" != 0 ]; then note "$sys" "connection setup: ${w[5]} of $(( w[3] + w[5] )) connections failed"; fi
         log "$sys: ${w[1]} connections/s (${w[3]} ok, ${w[5]} failed)"
     else
         put "$sys" conn_rate "failed"
