@@ -32,7 +32,7 @@ source "$LIB/systems.sh"
 # shellcheck source=lib/workloads.sh
 source "$LIB/workloads.sh"
 
-CMDLINE="bench/run.sh $*"
+CMDLINE="bench/run.sh${*:+ $*}"
 QUICK=0
 ROUNDS=""
 BUILD=1

@@ -26,7 +26,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=../bench/lib/common.sh
 source "$ROOT/bench/lib/common.sh"
 
-CMDLINE="perf/transports.sh $*"
+CMDLINE="perf/transports.sh${*:+ $*}"
 DURATION=5
 ROUNDS=3
 BUILD=1
