@@ -156,6 +156,16 @@ rss_kb() {
     echo "$total"
 }
 
+# rss_anon_kb PID...: sum of RssAnon in KiB (RSS without the program's file pages).
+rss_anon_kb() {
+    local p total=0 r
+    for p in "$@"; do
+        r=$(awk '/^RssAnon:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+        total=$((total + ${r:-0}))
+    done
+    echo "$total"
+}
+
 # fd_count PID...: open file descriptors of the processes together.
 fd_count() {
     local p total=0 n

@@ -262,9 +262,9 @@ def causes(present, tls_present):
         "127.0.0.1, so no proxy can exceed it on this machine.",
         "Memory: RSS counts the process's own pages only. The kernel's memory per connection "
         "(socket structures, epoll and io_uring entries, pipe buffers) is not in RSS; the kernel "
-        "table measures it from /proc/meminfo (Slab) and /proc/net/sockstat (TCP buffers). Ours' "
-        "idle RSS is higher than its per-connection cost suggests: most of it is the statically "
-        "linked binary's own pages.",
+        "table measures it from /proc/meminfo (Slab) and /proc/net/sockstat (TCP buffers). Idle RSS "
+        "is mostly each program's own file pages (for ours, the statically linked binary): the "
+        "memory table shows the anonymous part beside it.",
     ]
     if tls_present:
         out.append(
@@ -389,7 +389,8 @@ def render(tsv, out_md, chart_dir):
          col("p99 ms", "http_close_p99", "%.3f")],
         data, SYSTEMS)
 
-    mem_cols = [col("idle RSS MiB (server + client)", "rss_idle_kb", fn=mib_split("idle"))]
+    mem_cols = [col("idle RSS MiB (server + client)", "rss_idle_kb", fn=mib_split("idle")),
+                col("of which anonymous MiB", "rss_idle_anon_kb", "%.1f", scale=1 / 1024.0)]
     for n in levels:
         mem_cols.append(col("RSS MiB @%d conns" % n, "rss_%d_kb" % n, fn=mib_split(n)))
         mem_cols.append(col("bytes / conn @%d" % n, "bpc_%d" % n, "%.0f"))
@@ -398,7 +399,9 @@ def render(tsv, out_md, chart_dir):
         "RSS (VmRSS from /proc/PID/status) of the proxy processes, server + client, on processes "
         "started fresh for the round; bytes / conn = (RSS holding N - idle RSS) / N. Each connection "
         "has received the service's greeting and echoed one byte before RSS is read. RSS leaves out "
-        "the kernel's memory for the same connections: see the next table.",
+        "the kernel's memory for the same connections: see the next table. Anonymous = RssAnon: idle RSS "
+        "without the program's file pages (its binary and libraries, which server and client share "
+        "when they are the same program on one machine).",
         mem_cols, data, proxies)
 
     kern_note = ("whole-machine deltas between just before the load generator opens %d connections and "

@@ -124,6 +124,7 @@ mem_run() {
     sleep 0.5
     put "$sys" rss_idle_server_kb "$(rss_kb "${INST_PIDS[0]}")"
     put "$sys" rss_idle_client_kb "$(rss_kb "${INST_PIDS[1]}")"
+    put "$sys" rss_idle_anon_kb "$(rss_anon_kb "${INST_PIDS[0]}" "${INST_PIDS[1]}")"
     for n in $MEM_LEVELS; do
         hold_level "$sys" "$n"
         instance_alive || return 1
