@@ -90,7 +90,7 @@ hold_level() {
     done
     read -r -a words <<<"$line"
     if [ "${words[0]:-}" = held ]; then
-        sleep 0.5
+        sleep 0.2   # the last echoes have just passed through: let the proxies finish that turn
         put "$sys" "held_$n" "${words[1]}"
         put "$sys" "echoed_$n" "${words[3]}"
         if [ "${#INST_PIDS[@]}" -ge 2 ]; then
@@ -121,7 +121,6 @@ mem_run() {
     local sys=$1 n
     if [ "$sys" = direct ]; then hold_level direct "$HOLD_N"; return 0; fi
     [ "${#INST_PIDS[@]}" -ge 2 ] || return 0
-    sleep 0.5
     put "$sys" rss_idle_server_kb "$(rss_kb "${INST_PIDS[0]}")"
     put "$sys" rss_idle_client_kb "$(rss_kb "${INST_PIDS[1]}")"
     put "$sys" rss_idle_anon_kb "$(rss_anon_kb "${INST_PIDS[0]}" "${INST_PIDS[1]}")"
