@@ -16,7 +16,8 @@
 #   --out DIR          where results go (default bench/results)
 #   --keep             keep the work directory (logs of every process) and print its path
 # Only a full run (no --quick, --rounds or --systems) writes results/latest.md, the charts and
-# results/configs/; other runs write results/YYYY-MM-DD-HHMM-quick.md (or -partial.md).
+# results/configs/; other runs write results/YYYY-MM-DD-HHMM-quick.md (ignored by git) or
+# -partial.md (a targeted comparison: commit it when a figure from it is quoted).
 # Environment:
 #   OURS_BIN=path          use this binary for "ours" (implies --no-build)
 #   RATHOLE_UPSTREAM=path  upstream rathole binary (a release build of upstream rathole)

@@ -17,8 +17,8 @@
 #   --only LIST        comma-separated subset of: direct,haproxy,splice,copy (default all)
 #   --pipesize BYTES   HAProxy tune.pipesize (default 262144)
 #   --out DIR          results directory (default perf/results)
-# Runs with any option but --no-build, --scratch-path and --out are named -quick.md or -partial.md
-# (ignored by git): only default runs are results to quote.
+# --quick runs are named -quick.md (ignored by git: a check); runs with other non-default options
+# -partial.md (a targeted comparison: commit it when a figure from it is quoted).
 # Environment: RELAYBENCH=/path/to/relaybench overrides the binary (implies --no-build).
 set -euo pipefail
 

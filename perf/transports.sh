@@ -17,8 +17,8 @@
 #   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-nk-aesgcm,noise-xx,
 #                      noise-kk,tls,ws,wss
 #   --out DIR          results directory (default perf/results)
-# Runs with --quick, --rounds, --duration or --only are named -quick.md or -partial.md (ignored by
-# git): only default runs are results to quote.
+# --quick runs are named -quick.md (ignored by git: a check); runs with --rounds, --duration or
+# --only -partial.md (a targeted comparison: commit it when a figure from it is quoted).
 # Environment: RATHOLE_BIN=/path/to/rathole overrides the binary (implies --no-build).
 set -euo pipefail
 
