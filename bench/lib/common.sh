@@ -218,11 +218,14 @@ machine_line() {
     echo "$(nproc) cores ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r), open-file limit $(ulimit -n), load average before the run $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-# ours_commit: the checked-out commit, marked when Sources or Package.swift have local changes.
+# ours_commit ROOT: the checked-out commit and the hash of its Sources tree (which a rebase keeps
+# as long as Sources is the same, so a result still names the code it measured after the commit
+# hash changed), marked when Sources or Package.swift have local changes.
 ours_commit() {
     local root=$1 c
     c=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    git -C "$root" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || c+=" with uncommitted changes"
+    c+=", Sources tree $(git -C "$root" rev-parse --short HEAD:Sources 2>/dev/null || echo unknown)"
+    git -C "$root" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || c+=", with uncommitted changes"
     echo "$c"
 }
 
