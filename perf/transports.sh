@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Throughput of the tunnel per transport: iperf3 through a real rathole server and client (release
-# build) on loopback, with the transport set to tcp, noise (NK, XX, KK), tls, ws and wss (websocket
-# without and with TLS) in turn, beside a direct connection. Prints a markdown table: transport |
-# streams | Gbit/s | CPU s per 10 GB (server and client processes together).
+# build) on loopback, with the transport set to tcp, noise (NK, NK with AESGCM, XX, KK), tls, ws and
+# wss (websocket without and with TLS) in turn, beside a direct connection. Runs in rounds, the
+# transports in a different order each round, and writes a markdown table (transport | streams |
+# Gbit/s | CPU s per 10 GB of server and client together, median and min-max of the rounds) to
+# perf/results/transports-YYYY-MM-DD-HHMM.md and stdout.
 #
-# Usage: perf/transports.sh [--quick] [--duration S] [--no-build] [--scratch-path DIR] [--only LIST]
-#   --quick            3 s per iperf3 run instead of 10 s
-#   --duration S       seconds per iperf3 run (default 10)
+# Usage: perf/transports.sh [--quick] [--rounds N] [--duration S] [--no-build] [--scratch-path DIR]
+#                           [--only LIST] [--out DIR]
+#   --quick            2 rounds of 2 s runs (default: 3 rounds of 5 s)
+#   --rounds N         rounds (at least 2)
+#   --duration S       seconds per iperf3 run
 #   --no-build         do not run `swift build`; use the existing binary
 #   --scratch-path DIR build directory of the Swift package (default .build); the binary is
 #                      DIR/release/rathole
-#   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-nk-aesgcm,noise-xx,noise-kk,tls,ws,wss
+#   --only LIST        comma-separated subset of: direct,tcp,noise-nk,noise-nk-aesgcm,noise-xx,
+#                      noise-kk,tls,ws,wss
+#   --out DIR          results directory (default perf/results)
+# --quick runs are named -quick.md (ignored by git: a check); runs with --rounds, --duration or
+# --only -partial.md (a targeted comparison: commit it when a figure from it is quoted).
 # Environment: RATHOLE_BIN=/path/to/rathole overrides the binary (implies --no-build).
 set -euo pipefail
 
@@ -18,22 +26,29 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=../bench/lib/common.sh
 source "$ROOT/bench/lib/common.sh"
 
-DURATION=10
+CMDLINE="perf/transports.sh${*:+ $*}"
+DURATION=5
+ROUNDS=3
 BUILD=1
 SCRATCH="$ROOT/.build"
 ONLY="direct,tcp,noise-nk,noise-nk-aesgcm,noise-xx,noise-kk,tls,ws,wss"
+OUT="$ROOT/perf/results"
+SUFFIX=""
 while [ $# -gt 0 ]; do
     case $1 in
-        --quick) DURATION=3 ;;
-        --duration) DURATION=$2; shift ;;
+        --quick) DURATION=2; ROUNDS=2; SUFFIX=-quick ;;
+        --rounds) ROUNDS=$2; SUFFIX=${SUFFIX:--partial}; shift ;;
+        --duration) DURATION=$2; SUFFIX=${SUFFIX:--partial}; shift ;;
         --no-build) BUILD=0 ;;
         --scratch-path) SCRATCH=$(cd "$2" 2>/dev/null && pwd || echo "$2"); shift ;;
-        --only) ONLY=$2; shift ;;
+        --only) ONLY=$2; SUFFIX=${SUFFIX:--partial}; shift ;;
+        --out) OUT=$2; shift ;;
         -h|--help) awk 'NR>1 && !/^#/{exit} NR>1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
 done
+[ "$ROUNDS" -ge 2 ] 2>/dev/null || die "--rounds needs a number of at least 2"
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 WORK=$(mktemp -d /tmp/transports.XXXXXX)
@@ -52,6 +67,7 @@ if [ "$BUILD" = 1 ]; then
 fi
 [ -x "$BIN" ] || die "rathole not found at $BIN (build it, or pass --scratch-path / RATHOLE_BIN=)"
 
+MACHINE=$(machine_line)
 read -r P_SRV P_CTL P_PUB <<<"$(free_ports 3)"
 start_bg "$WORK/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p "$P_SRV"
 wait_listen "$P_SRV" tcp 10 "$BG_PID" || die "iperf3 server did not start"
@@ -100,32 +116,35 @@ transport_tables() {
     esac
 }
 
-ROWS=()
-# measure LABEL STREAMS PORT [PID...]: one iperf3 run; appends a table row.
+RES="$WORK/results.tsv"
+: >"$RES"
+ROUND=0
+# measure LABEL STREAMS PORT [PID...]: one iperf3 run, recorded for this round.
 measure() {
     local label=$1 streams=$2 port=$3; shift 3
     local out="$WORK/iperf.json" t0 t1 gbps bytes cpu="-"
     t0=$(cpu_ticks "$@")
     if ! timeout $((DURATION + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -P "$streams" -J >"$out" 2>/dev/null; then
         log "$label, $streams stream(s): iperf3 failed: $(json_get "$out" "d.get('error','')" || true)"
-        ROWS+=("| $label | $streams | failed | - |")
+        printf '%s\t%s\tfailed\t-\t%s\n' "$label" "$streams" "$ROUND" >>"$RES"
         return 0
     fi
     t1=$(cpu_ticks "$@")
     gbps=$(json_get "$out" "'%.2f' % (d['end']['sum_received']['bits_per_second']/1e9)")
     bytes=$(json_get "$out" "d['end']['sum_received']['bytes']")
     [ $# -gt 0 ] && cpu=$(cpu_per_10gb $((t1 - t0)) "$bytes")
-    log "$label, $streams stream(s): $gbps Gbit/s, $cpu CPU s per 10 GB"
-    ROWS+=("| $label | $streams | $gbps | $cpu |")
+    log "round $ROUND: $label, $streams stream(s): $gbps Gbit/s, $cpu CPU s per 10 GB"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$streams" "$gbps" "$cpu" "$ROUND" >>"$RES"
 }
 
-if want direct; then
-    measure "direct (no tunnel)" 1 "$P_SRV"
-    measure "direct (no tunnel)" 8 "$P_SRV"
-fi
-
-for kind in tcp noise-nk noise-nk-aesgcm noise-xx noise-kk tls ws wss; do
-    want "$kind" || continue
+# run_kind KIND: a fresh server and client with that transport, 1 and 8 streams, then stop them.
+run_kind() {
+    local kind=$1 S C
+    if [ "$kind" = direct ]; then
+        measure "direct (no tunnel)" 1 "$P_SRV"
+        measure "direct (no tunnel)" 8 "$P_SRV"
+        return 0
+    fi
     {
         printf '[server]\nbind_addr = "127.0.0.1:%s"\n' "$P_CTL"
         transport_tables "$kind" server
@@ -143,15 +162,38 @@ for kind in tcp noise-nk noise-nk-aesgcm noise-xx noise-kk tls ws wss; do
         measure "$kind" 8 "$P_PUB" "$S" "$C"
     else
         log "$kind: the tunnel did not start: $(tail -n 2 "$WORK/server-$kind.log" "$WORK/client-$kind.log")"
-        ROWS+=("| $kind | - | failed to start | - |")
+        printf '%s\t-\tfailed to start\t-\t%s\n' "$kind" "$ROUND" >>"$RES"
     fi
     stop_pids "$S" "$C"
     wait_port_free "$P_PUB" 5; wait_port_free "$P_CTL" 5
+}
+
+KINDS=()
+for k in direct tcp noise-nk noise-nk-aesgcm noise-xx noise-kk tls ws wss; do want "$k" && KINDS+=("$k"); done
+ORDERS=()
+START=$(date +%s)
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    order=$(round_order "$ROUND" "${KINDS[@]}")
+    ORDERS+=("$ROUND: $(echo "${order% }" | sed "s/ /, /g")")
+    for k in $order; do run_kind "$k"; done
 done
 
+STAMP=$(date +%Y-%m-%d-%H%M)
+mkdir -p "$OUT"
+REPORT="$OUT/transports-$STAMP$SUFFIX.md"
+{
+    echo "# Tunnel throughput per transport, $(date '+%Y-%m-%d %H:%M')"
+    echo
+    echo "iperf3 through a real server and client (release build, static stdlib) on 127.0.0.1, one transport at a time, written by \`perf/transports.sh\`. tcp uses the splice relay; noise (\`Noise_*_25519_ChaChaPoly_BLAKE2s\`) and tls (OpenSSL) the copy relay."
+    echo
+    echo "Command: \`$CMDLINE\`, $(( $(date +%s) - START )) s. Machine: $MACHINE."
+    echo
+    echo "Versions: iperf3 $(iperf3 --version | awk 'NR==1{print $2}'), $(openssl version | cut -d' ' -f1-2), ours: $("$BIN" --version 2>&1 | head -n1) (commit $(ours_commit "$ROOT"))."
+    echo
+    echo "**$ROUNDS rounds** of ${DURATION} s per iperf3 run, the transports in a different order each round ($(IFS=';'; echo "${ORDERS[*]}" | sed 's/;/; /g')), server and client started fresh every round. Cells: median (min–max) of the rounds. CPU s per 10 GB: user+system time of server and client together during the run, per 1e10 bytes received."
+    echo
+    "$PY" "$ROOT/bench/lib/report.py" perf "$RES" | sed '1s/| system |/| transport |/'
+} >"$REPORT"
 echo
-echo "iperf3 through the tunnel, ${DURATION} s per run, $(nproc) cores, $(uname -r)"
-echo
-echo "| transport | streams | Gbit/s | CPU s / 10 GB (server + client) |"
-echo "|---|---|---|---|"
-printf '%s\n' "${ROWS[@]}"
+cat "$REPORT"
+log "written to $REPORT"

@@ -1,4 +1,4 @@
-# Shared helpers for bench/run.sh and perf/relay.sh. Source it; do not run it.
+# Shared helpers for bench/run.sh and the perf/ scripts. Source it; do not run it.
 # Every process started through start_bg is recorded and ended by cleanup (installed as an EXIT trap
 # by the caller), so a run never leaves a process or a bound port behind.
 
@@ -156,6 +156,45 @@ rss_kb() {
     echo "$total"
 }
 
+# rss_anon_kb PID...: sum of RssAnon in KiB (RSS without the program's file pages).
+rss_anon_kb() {
+    local p total=0 r
+    for p in "$@"; do
+        r=$(awk '/^RssAnon:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+        total=$((total + ${r:-0}))
+    done
+    echo "$total"
+}
+
+# fd_count PID...: open file descriptors of the processes together.
+fd_count() {
+    local p total=0 n
+    for p in "$@"; do
+        n=$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+# pipe_count PID...: pipe ends the processes hold.
+pipe_count() {
+    local p total=0 n
+    for p in "$@"; do
+        n=$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 -lname 'pipe:*' 2>/dev/null | wc -l)
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+# kernel_kb: "SLAB_KB TCPMEM_KB", the kernel's slab memory (/proc/meminfo Slab: sockets, files,
+# epoll and io_uring entries, pipe buffer arrays) and TCP socket buffers (/proc/net/sockstat, pages).
+kernel_kb() {
+    local slab pages
+    slab=$(awk '/^Slab:/ { print $2 }' /proc/meminfo)
+    pages=$(awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat)
+    echo "$slab $(( ${pages:-0} * $(getconf PAGESIZE) / 1024 ))"
+}
+
 # json_get FILE EXPR: evaluate a python expression over the parsed JSON document `d`.
 json_get() {
     "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null
@@ -166,19 +205,49 @@ cpu_per_10gb() {
     "$PY" -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.2f" % (t/hz*1e10/b) if b>0 else "n/a")' "$1" "$2" "$CLK_TCK"
 }
 
+# round_order N NAME...: the names in round N's order: rotated left by N-1, so that over as many
+# rounds as names each one runs once in every position (a Latin square), first and last alike.
+round_order() {
+    local n=$1; shift
+    local k=$# i names=("$@")
+    for ((i = 0; i < k; i++)); do printf '%s ' "${names[$(( (i + n - 1) % k ))]}"; done
+}
+
+# machine_line: cores, CPU, memory, kernel, open-file limit and load, for result headers.
+machine_line() {
+    echo "$(nproc) cores ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r), open-file limit $(ulimit -n), load average before the run $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+# ours_commit ROOT: the checked-out commit and the hash of its Sources tree (which a rebase keeps
+# as long as Sources is the same, so a result still names the code it measured after the commit
+# hash changed), marked when Sources or Package.swift have local changes.
+ours_commit() {
+    local root=$1 c
+    c=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    c+=", Sources tree $(git -C "$root" rev-parse --short HEAD:Sources 2>/dev/null || echo unknown)"
+    git -C "$root" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || c+=", with uncommitted changes"
+    echo "$c"
+}
+
 # haproxy_hop_cfg FILE "LISTEN_PORT:TARGET_PORT ..." : write a one-thread tcp-mode HAProxy config that
-# splices each LISTEN_PORT on 127.0.0.1 to TARGET_PORT on 127.0.0.1.
+# splices each LISTEN_PORT on 127.0.0.1 to TARGET_PORT on 127.0.0.1. maxconn 9000 (global and per
+# frontend) lets a hop hold the 8,000 connections of the held and burst workloads. HAProxy sizes its
+# fd limit from maxconn and maxpipes (2 fds each; maxpipes defaults to maxconn / 4, which would ask
+# for 22,516 fds): 500 pipes keep it under the 20,000 open-file limit and are plenty for splicing
+# the few busy connections of the bitrate runs.
 haproxy_hop_cfg() {
     local file=$1 pairs=$2 pair l t
     {
         cat <<CFG
 global
     nbthread 1
-    maxconn 6000
+    maxconn 9000
+    maxpipes 500
     tune.pipesize 262144
 
 defaults
     mode tcp
+    maxconn 9000
     option splice-request
     option splice-response
     timeout connect 5s
