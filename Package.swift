@@ -54,7 +54,7 @@ let package = Package(
             ]
         ),
         // Benchmark helper for perf/: a chain of relays between two ports.
-        .executableTarget(name: "relaybench", dependencies: ["DataPlane"], path: "perf/relaybench"),
+        .executableTarget(name: "relaybench", dependencies: ["DataPlane", "ControlPlane"], path: "perf/relaybench"),
         // pidfd_open/pidfd_getfd for the tests (not in the Glibc module).
         .systemLibrary(name: "CPidfd", path: "Tests/CPidfd"),
         // What the test suites share: waiting, threads, sockets, processes, local services, configs,

@@ -12,7 +12,7 @@ extension PeerAddress {
     }
 
     /// The same address as the runtime's socket address type.
-    var socketAddress: SocketAddress {
+    public var socketAddress: SocketAddress {
         switch self {
         case let .v4(a, port): return SocketAddress(ipv4: a.value, port: port)
         case let .v6(a, port): return SocketAddress(ipv6: a.high, a.low, port: port)

@@ -1,7 +1,7 @@
 import CRatholeRing
 import Glibc
 
-/// An IPv4 or IPv6 socket address. Parsing is pure; name resolution is `resolve(host:port:)`.
+/// An IPv4 or IPv6 socket address; name resolution is `resolve(host:port:)`.
 public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// Large enough for both families; a sockaddr_in occupies its start.
     var storage: sockaddr_in6
@@ -28,42 +28,10 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         storage = s
     }
 
-    /// An IP literal and a port. IPv6 without brackets.
-    public init?(ip: String, port: UInt16) {
-        var s = sockaddr_in6()
-        if ip.contains(":") {
-            s.sin6_family = sa_family_t(AF_INET6)
-            s.sin6_port = port.bigEndian
-            guard inet_pton(AF_INET6, ip, &s.sin6_addr) == 1 else { return nil }
-        } else {
-            var v4 = sockaddr_in()
-            v4.sin_family = sa_family_t(AF_INET)
-            v4.sin_port = port.bigEndian
-            guard inet_pton(AF_INET, ip, &v4.sin_addr) == 1 else { return nil }
-            withUnsafeMutableBytes(of: &s) { dst in withUnsafeBytes(of: v4) { dst.copyMemory(from: $0) } }
-        }
-        storage = s
-    }
-
-    /// `1.2.3.4:80` or `[::1]:80`.
-    public init?(_ text: String) {
-        guard let (host, port) = SocketAddress.splitHostPort(text) else { return nil }
-        self.init(ip: host, port: port)
-    }
-
-    /// Splits `host:port` / `[v6]:port`; nil when the port is missing or out of range.
-    public static func splitHostPort(_ text: String) -> (host: String, port: UInt16)? {
-        guard let colon = text.lastIndex(of: ":") else { return nil }
-        var host = String(text[..<colon])
-        guard let port = UInt16(text[text.index(after: colon)...]), port > 0 else { return nil }
-        if host.hasPrefix("[") {
-            guard host.hasSuffix("]") else { return nil }
-            host = String(host.dropFirst().dropLast())
-        } else if host.contains(":") {
-            return nil   // an IPv6 literal needs brackets
-        }
-        guard !host.isEmpty else { return nil }
-        return (host, port)
+    /// 127.0.0.1 (or ::1) and a port. Addresses come from numbers (here and in UDP.swift), the
+    /// kernel, or getaddrinfo: the one parser of address text is the config's (`HostPort`).
+    public static func loopback(port: UInt16, ipv6: Bool = false) -> SocketAddress {
+        ipv6 ? SocketAddress(ipv6: 0, 1, port: port) : SocketAddress(ipv4: 0x7F00_0001, port: port)
     }
 
     /// Calls body with a sockaddr pointer and length.
@@ -100,10 +68,9 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         withUnsafeBytes(of: storage) { hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: $0.prefix(Int(length)))) }
     }
 
-    /// Resolves `host` (a name or an IP literal) with getaddrinfo on the resolver's threads, so
-    /// the ring never blocks on DNS. IP literals are answered without a lookup.
+    /// Resolves `host` (a name; an IP literal comes back as it is) with getaddrinfo on the
+    /// resolver's threads, so the ring never blocks on DNS.
     public static func resolve(host: String, port: UInt16) async throws(IOError) -> [SocketAddress] {
-        if let literal = SocketAddress(ip: host, port: port) { return [literal] }
         let result: Result<[SocketAddress], IOError> = await withUnsafeContinuation { cont in
             Resolver.shared.run {
                 cont.resume(returning: getaddrinfoBlocking(host: host, port: port))

@@ -369,7 +369,7 @@ final class ExecutorTests: XCTestCase {
         let ring = f.ring
         // A bound socket that does not listen holds the port, so nobody else can take it meanwhile.
         let holder = try Socket.tcp(family: AF_INET)
-        let any = SocketAddress(ip: "127.0.0.1", port: 0)!
+        let any = SocketAddress.loopback(port: 0)
         var sin = sockaddr_in()
         sin.sin_family = sa_family_t(AF_INET)
         sin.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
@@ -379,7 +379,7 @@ final class ExecutorTests: XCTestCase {
         XCTAssertEqual(rc, 0)
         let port = try XCTUnwrap(Socket.address(holder.rawValue, peer: false)?.port)
         XCTAssertNotEqual(port, any.port)
-        let closed = SocketAddress(ip: "127.0.0.1", port: port)!
+        let closed = SocketAddress.loopback(port: port)
         let baseline = await FDTable.baseline()
 
         let error = await Task(executorPreference: ring) { () -> IOError? in

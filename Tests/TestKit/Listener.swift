@@ -33,7 +33,7 @@ public final class Listener: Sendable {
 
     deinit { close() }
 
-    public var address: SocketAddress { SocketAddress(ip: Loopback.host(ipv6: ipv6), port: port)! }
+    public var address: SocketAddress { .loopback(port: port, ipv6: ipv6) }
 
     /// The next connection within `timeout` seconds, or nil.
     public func accept(timeout: Double) -> Conn? {

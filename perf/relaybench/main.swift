@@ -1,7 +1,13 @@
 // One relay hop for perf/relay.sh: accepts on --listen, connects each connection to --connect and
 // relays with the zero-copy splice relay (or the user-space CopyRelay with --copy).
+import ControlPlane
 import DataPlane
 import Glibc
+
+/// `a.b.c.d:port` or `[v6]:port`, read by the config's address parser.
+func ipAddress(_ text: String) -> SocketAddress? {
+    HostPort(text)?.literalAddress?.socketAddress
+}
 
 func usage() -> Never {
     print("usage: relaybench --listen HOST:PORT --connect HOST:PORT [--copy] [--threads N]")
@@ -15,8 +21,8 @@ var threads: Int?
 var args = CommandLine.arguments.dropFirst().makeIterator()
 while let arg = args.next() {
     switch arg {
-    case "--listen": listen = args.next().flatMap(SocketAddress.init)
-    case "--connect": target = args.next().flatMap(SocketAddress.init)
+    case "--listen": listen = args.next().flatMap(ipAddress)
+    case "--connect": target = args.next().flatMap(ipAddress)
     case "--copy": copy = true
     case "--threads": threads = args.next().flatMap { Int($0) }
     default: usage()
