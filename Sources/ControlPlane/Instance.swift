@@ -14,7 +14,8 @@ public final class Instance: Sendable {
     public let logger: Logger
     private let state: Mutex<State>
     private let reloads = Mutex<(running: Bool, pending: Bool)>((false, false))
-    private let watcher = Mutex<Task<Void, Never>?>(nil)
+    /// The task that follows the config file.
+    private let watcher = TaskScope()
     private let onReload: @Sendable (Instance, ReloadEvent) -> Void
 
     /// How long the connections of a removed or changed service may go on: 30 s, or
@@ -95,13 +96,12 @@ public final class Instance: Sendable {
             return
         }
         let ring = group.executors[0]
-        let task = Task(executorPreference: ring) {
+        watcher.spawn(on: ring) {
             while !Task.isCancelled {
                 do { try await watched.nextChange(on: ring) } catch { return }
                 await self.reload()
             }
         }
-        watcher.withLock { $0 = task }
     }
 
     /// Re-reads the file and applies the difference. Reloads never overlap: one asked for while
@@ -213,7 +213,7 @@ public final class Instance: Sendable {
 
     /// Stops everything: listeners, control and data channels. Relays end with the ring group.
     public func shutdown() async {
-        watcher.withLock { $0?.cancel() }
+        watcher.cancelAll()
         let current = state.withLock { $0 }
         await current.server?.shutdown()
         current.client?.shutdown()
