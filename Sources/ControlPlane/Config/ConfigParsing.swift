@@ -262,30 +262,20 @@ func parseTransport(_ tr: TableReader?, isServer: Bool) throws(ConfigError)
     return TransportConfig(type: type, tcp: tcp, tls: tls, noise: noise, websocket: websocket)
 }
 
+/// `key` as `host:port` (a name or an IP), nil when it is optional and absent.
 func readHostPort(_ r: TableReader, _ key: String, required: Bool) throws(ConfigError) -> HostPort? {
-    let text: String
-    if required {
-        text = try r.requiredString(key)
-    } else {
-        guard let t = try r.string(key) else { return nil }
-        text = t
-    }
-    switch HostPort.parse(text, ipOnly: false) {
-    case let .success(hp): return hp
-    case let .failure(e): throw r.error(key, e.message)
-    }
+    try readAddress(r, key, required: required, ipOnly: false)
 }
 
+/// `key` as an IP address and port (a bind address), nil when it is optional and absent.
 func readBindAddr(_ r: TableReader, _ key: String, required: Bool) throws(ConfigError) -> PeerAddress? {
-    let text: String
-    if required {
-        text = try r.requiredString(key)
-    } else {
-        guard let t = try r.string(key) else { return nil }
-        text = t
-    }
-    switch HostPort.parse(text, ipOnly: true) {
-    case let .success(hp): return hp.literalAddress!
+    try readAddress(r, key, required: required, ipOnly: true)?.literalAddress!
+}
+
+private func readAddress(_ r: TableReader, _ key: String, required: Bool, ipOnly: Bool) throws(ConfigError) -> HostPort? {
+    guard let text = required ? try r.requiredString(key) : try r.string(key) else { return nil }
+    switch HostPort.parse(text, ipOnly: ipOnly) {
+    case let .success(hp): return hp
     case let .failure(e): throw r.error(key, e.message)
     }
 }
