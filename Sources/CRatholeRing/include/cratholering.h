@@ -24,6 +24,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <sys/random.h>
 
 typedef struct rr_ring rr_ring;
 typedef struct rr_relay rr_relay;

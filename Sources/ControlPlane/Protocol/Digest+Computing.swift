@@ -1,15 +1,18 @@
-// Computing digests: SHA-256 (OpenSSL) of names and tokens, and random nonces. Kept apart from the
-// pure codec, which only moves the 32 bytes around.
+// Computing digests: SHA-256 of names and tokens (libsodium's, which needs no set-up: OpenSSL's
+// one-shot SHA256 would load its provider tables, 2 MB of resident pages in a process that may
+// never use OpenSSL otherwise), and random nonces. Kept apart from the pure codec, which only moves
+// the 32 bytes around.
 
 import CRatholeCrypto
+import DataPlane
 
 extension Digest {
     /// SHA-256 of raw bytes.
     public static func sha256(_ raw: UnsafeRawBufferPointer) -> Digest {
         var s: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         Swift.withUnsafeMutableBytes(of: &s) { out in
-            _ = SHA256(raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count,
-                       out.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            _ = crypto_hash_sha256(out.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                   raw.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(raw.count))
         }
         return Digest(storage: s)
     }

@@ -1,4 +1,5 @@
 import CRatholeCrypto
+import DataPlane
 
 // The HTTP/1.1 upgrade that opens a websocket, byte for byte as upstream rathole (tungstenite)
 // sends it, and checked as tungstenite checks it (a little more leniently where RFC 6455 allows:
