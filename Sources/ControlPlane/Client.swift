@@ -80,7 +80,7 @@ public final class Client: Sendable {
             } catch {
                 if case .io(.cancelled) = error, Task.isCancelled { break }
                 failure = error
-                if !established, let reason = HandshakeFailure(error) { metrics.count(reason) }
+                if !established { metrics.countHandshakeFailure(error) }
             }
             if established { backoff.reset() }
             let delay = backoff.next()

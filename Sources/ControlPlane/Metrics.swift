@@ -48,6 +48,14 @@ public final class Metrics: Sendable {
         #endif
     }
 
+    /// A handshake failed with `error`: counted under its reason, if it has one.
+    @inline(__always)
+    func countHandshakeFailure(_ error: ControlError) {
+        #if AdminAPI
+        if let reason = HandshakeFailure(error) { count(reason) }
+        #endif
+    }
+
     #if AdminAPI
     /// Handshake failures so far, by reason, every reason listed.
     public var handshakeFailures: [(reason: HandshakeFailure, count: UInt64)] {

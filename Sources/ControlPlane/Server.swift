@@ -228,7 +228,7 @@ public final class Server: Sendable {
             }
         } catch {
             pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
-            if let reason = HandshakeFailure(error) { metrics.count(reason) }
+            metrics.countHandshakeFailure(error)
             logger.warning("connection from \(peer()): \(error)")
             return
         }
