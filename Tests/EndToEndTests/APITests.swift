@@ -229,6 +229,25 @@ final class APITests: EndToEndCase {
         XCTAssertTrue(taken.log.contains("(client.api.bind_addr)"), taken.log)
     }
 
+    func testApiTableFollowsReloads() throws {
+        let ends = try startWithAPI()
+        let moved = Ports.free()
+        var config = ends.config
+        config.serverTables = APIConfig.table("server", port: moved, token: "the-new-token")
+        try ConfigFile.rewriteInPlace(ends.server.configPath, config.serverText)
+        try waitForAPI(port: moved)
+        XCTAssertEqual(try HTTP.request(port: moved, "GET", "/api/v1/services", token: "the-new-token").status, 200)
+        XCTAssertEqual(try HTTP.request(port: moved, "GET", "/api/v1/services", token: APIConfig.token).status, 401)
+        XCTAssertTrue(waitUntil(timeout: 5) { !ProcFS.tcpListening(port: ends.serverAPI) }, "the old API port closed")
+
+        // Without the table the API stops; the tunnel runs on.
+        config.serverTables = ""
+        try ConfigFile.rewriteInPlace(ends.server.configPath, config.serverText)
+        XCTAssertTrue(waitUntil(timeout: 10) { !ProcFS.tcpListening(port: moved) }, "the API stopped")
+        XCTAssertTrue(ends.server.isRunning)
+        XCTAssertTrue(ends.server.listens(onTCP: ends.control))
+    }
+
     // MARK: Counters
 
     func testCountersMatchTheTrafficOnBothEnds() throws {
