@@ -190,7 +190,7 @@ public final class Client: Sendable {
         }
         switch command {
         case .startForwardTcp:
-            await forwardTCP(service, channel: stream, connections: channels.service.connections, counters: counters, ring: ring)
+            await forwardTCP(service, channel: stream, of: channels.service, ring: ring)
         case .startForwardUdp:
             await forwardUDP(service, channel: stream, counters: counters, ring: ring)
         }
@@ -223,8 +223,7 @@ public final class Client: Sendable {
         return nil
     }
 
-    private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, connections: ConnectionSet,
-                            counters: ServiceCounters, ring: RingExecutor) async {
+    private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, of owner: ClientService, ring: RingExecutor) async {
         let local: SocketStream
         do throws(IOError) {
             let address = try await service.localAddr.resolve(preferIPv6: service.preferIPv6)
@@ -235,17 +234,16 @@ public final class Client: Sendable {
             channel.close()
             return
         }
-        // Channel to local service is "in".
-        var onEnd: @Sendable (RelayResult) -> Void = { counters.connectionEnded(inbound: $0.bytesAToB, outbound: $0.bytesBToA) }
+        var onEnd = owner.relayEnded
         if logger.logLevel <= .debug {
-            let (name, logger) = (service.name, self.logger)
+            let (name, logger, counted) = (service.name, self.logger, onEnd)
             onEnd = {
-                counters.connectionEnded(inbound: $0.bytesAToB, outbound: $0.bytesBToA)
+                counted?($0)
                 logger.debug("service \(name): connection done: \($0)")
             }
         }
-        counters.connectionStarted()
-        await relay(channel, local, on: ring, tracking: connections, onEnd: onEnd)
+        owner.counters.connectionStarted()
+        await relay(channel, local, on: ring, tracking: owner.connections, onEnd: onEnd)
     }
 }
 
@@ -254,6 +252,8 @@ public final class Client: Sendable {
 final class ClientService: Sendable {
     let config: ClientServiceConfig
     let counters: ServiceCounters
+    /// Counts a relay's end; one for all the service's relays.
+    let relayEnded: (@Sendable (RelayResult) -> Void)?
     let dataChannels = TaskScope()
     let connections = ConnectionSet()
     private let control = TaskScope()
@@ -261,6 +261,7 @@ final class ClientService: Sendable {
     init(config: ClientServiceConfig, counters: ServiceCounters) {
         self.config = config
         self.counters = counters
+        relayEnded = counters.makeRelayEnd()
     }
 
     func startControl(on ring: RingExecutor, _ body: @escaping @Sendable () async -> Void) {

@@ -142,6 +142,17 @@ public final class ServiceCounters: Sendable {
         #endif
     }
 
+    /// What counts a relay's end, made once per service so that a relay allocates nothing for it
+    /// (the relay's first stream is the side toward the service: the visitor on the server, the
+    /// data channel on the client); nil without the trait.
+    func makeRelayEnd() -> (@Sendable (RelayResult) -> Void)? {
+        #if AdminAPI
+        return { [self] result in connectionEnded(inbound: result.bytesAToB, outbound: result.bytesBToA) }
+        #else
+        return nil
+        #endif
+    }
+
     /// A batch of datagrams toward the service (`in`) or back (`out`), and those dropped.
     @inline(__always)
     func datagrams(inbound: Int = 0, outbound: Int = 0, bytesIn: Int = 0, bytesOut: Int = 0, dropped: Int = 0) {

@@ -191,6 +191,9 @@ final class ServiceEntry: Sendable {
     /// The visitors being relayed, so that removing the service can end them after a grace period.
     let connections = ConnectionSet()
     let counters: ServiceCounters
+    /// What runs when a visitor's relay ends (its bytes counted, its place in the budget freed):
+    /// one for all the service's relays.
+    let relayEnded: @Sendable (RelayResult) -> Void
     /// The accept loops on its listener, or its UDP forwarder.
     let tasks = TaskScope()
     /// Set for UDP services.
@@ -206,6 +209,11 @@ final class ServiceEntry: Sendable {
         self.config = config
         self.counters = counters
         self.udp = udp
+        let counted = counters.makeRelayEnd()
+        relayEnded = { result in
+            counted?(result)
+            budget.release()
+        }
         channels = DataChannelPool(budget: budget)
     }
 

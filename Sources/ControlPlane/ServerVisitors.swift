@@ -150,20 +150,14 @@ extension Server {
 
     private static let startForwardTcp = DataChannelCmd.startForwardTcp.encode()
 
-    /// What runs when a visitor's relay ends: its bytes are counted (visitor to channel is "in")
-    /// and its place in the budget is freed.
+    /// What runs when a visitor's relay ends: its bytes are counted and its place in the budget
+    /// is freed (the service's one closure for that, unless debug logging wants a line too).
     private func visitorDone(_ entry: ServiceEntry) -> @Sendable (RelayResult) -> Void {
-        let (visitors, counters) = (self.visitors, entry.counters)
-        guard logger.logLevel <= .debug else {
-            return { result in
-                counters.connectionEnded(inbound: result.bytesAToB, outbound: result.bytesBToA)
-                visitors.release()
-            }
-        }
+        let done = entry.relayEnded
+        guard logger.logLevel <= .debug else { return done }
         let (logger, name) = (self.logger, entry.config.name)
         return { result in
-            counters.connectionEnded(inbound: result.bytesAToB, outbound: result.bytesBToA)
-            visitors.release()
+            done(result)
             logger.debug("service \(name): visitor done: \(result)")
         }
     }
