@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -6,10 +6,20 @@ let package = Package(
     products: [
         .executable(name: "rathole", targets: ["rathole"]),
     ],
+    traits: [
+        // The HTTP API and Prometheus metrics (Hummingbird, SwiftNIO: about 8 MiB of the binary).
+        // `swift build --disable-default-traits` leaves them out, for small devices.
+        .trait(name: "AdminAPI", description: "HTTP API for configuration and Prometheus metrics ([server.api], [client.api])"),
+        .default(enabledTraits: ["AdminAPI"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        // Without its default traits: FullFoundation links all of Foundation and ICU's data (+44 MB).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Thin C shim over liburing: ring setup, the splice relay, the pipe pool.
@@ -44,11 +54,28 @@ let package = Package(
             // resolution, and link Foundation and ICU: 42 MB more.
             swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
+        // The HTTP API: routing, JSON bodies, auth, the Prometheus text. Served by HummingbirdCore
+        // (Hummingbird's HTTP server without its router, file I/O and Foundation coders: 1.5 MiB
+        // less) on one NIO event-loop thread of its own, off the io_uring workers.
+        .target(
+            name: "AdminAPI",
+            dependencies: [
+                "ControlPlane",
+                "DataPlane",
+                .product(name: "HummingbirdCore", package: "hummingbird", condition: .when(traits: ["AdminAPI"])),
+                .product(name: "NIOCore", package: "swift-nio", condition: .when(traits: ["AdminAPI"])),
+                .product(name: "NIOPosix", package: "swift-nio", condition: .when(traits: ["AdminAPI"])),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["AdminAPI"])),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
+        ),
         .executableTarget(
             name: "rathole",
             dependencies: [
                 "ControlPlane",
                 "Noise",
+                .target(name: "AdminAPI", condition: .when(traits: ["AdminAPI"])),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -65,5 +92,6 @@ let package = Package(
         .testTarget(name: "TLSTests", dependencies: ["TLS"]),
         .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane", "TestKit"], exclude: ["Fixtures"]),
         .testTarget(name: "EndToEndTests", dependencies: ["DataPlane", "ControlPlane", "TestKit"]),
+        .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI", "ControlPlane"]),
     ]
 )

@@ -13,14 +13,16 @@ public final class Client: Sendable {
     let group: RingGroup
     let transport: any Transport
     let logger: Logger
+    let metrics: Metrics
     private let services = Mutex<[String: ClientService]>([:])
     /// Removed services' grace timers.
     private let housekeeping = TaskScope()
 
-    public init(config: ClientConfig, group: RingGroup, logger: Logger) throws(StartError) {
+    public init(config: ClientConfig, group: RingGroup, logger: Logger, metrics: Metrics = Metrics()) throws(StartError) {
         self.config = config
         self.group = group
         self.logger = logger
+        self.metrics = metrics
         self.transport = try makeClientTransport(config.transport, remote: config.remoteAddr)
     }
 
@@ -41,7 +43,7 @@ public final class Client: Sendable {
     }
 
     func addService(_ config: ClientServiceConfig) {
-        let service = ClientService(config: config)
+        let service = ClientService(config: config, counters: metrics.counters(for: config.name))
         let ring = group.next()
         service.startControl(on: ring) { await self.keepControlChannel(service, ring: ring) }
         services.withLock { $0[config.name] = service }
@@ -78,6 +80,7 @@ public final class Client: Sendable {
             } catch {
                 if case .io(.cancelled) = error, Task.isCancelled { break }
                 failure = error
+                if !established { metrics.countHandshakeFailure(error) }
             }
             if established { backoff.reset() }
             let delay = backoff.next()
@@ -124,6 +127,8 @@ public final class Client: Sendable {
         }
         established = true
         logger.info("service \(name): control channel established")
+        service.counters.controlChannel(peer: config.remoteAddr.description)
+        defer { service.counters.controlChannel(peer: nil) }
 
         let timeout: Duration? = config.heartbeatTimeout > 0 ? .seconds(config.heartbeatTimeout) : nil
         let channels = DataChannelOpener(service: service, remote: remote, sessionKey: sessionKey)
@@ -167,10 +172,14 @@ public final class Client: Sendable {
         let opened = await connectDataChannel(channels, ring: ring)
         if channels.finished() { openOne(channels) }
         guard let stream = opened else { return }
+        let counters = channels.service.counters
+        counters.dataChannel(idle: true)
         let command: DataChannelCmd
         do throws(ControlError) {
             command = try await stream.readMessage(DataChannelCmd.self)
+            counters.dataChannel(idle: false)
         } catch {
+            counters.dataChannel(idle: false)
             if case .io(.endOfStream) = error {
                 logger.debug("service \(service.name): idle data channel closed by the server")
             } else {
@@ -181,9 +190,9 @@ public final class Client: Sendable {
         }
         switch command {
         case .startForwardTcp:
-            await forwardTCP(service, channel: stream, connections: channels.service.connections, ring: ring)
+            await forwardTCP(service, channel: stream, of: channels.service, ring: ring)
         case .startForwardUdp:
-            await forwardUDP(service, channel: stream, ring: ring)
+            await forwardUDP(service, channel: stream, counters: counters, ring: ring)
         }
     }
 
@@ -214,7 +223,7 @@ public final class Client: Sendable {
         return nil
     }
 
-    private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, connections: ConnectionSet, ring: RingExecutor) async {
+    private func forwardTCP(_ service: ClientServiceConfig, channel: ByteStream, of owner: ClientService, ring: RingExecutor) async {
         let local: SocketStream
         do throws(IOError) {
             let address = try await service.localAddr.resolve(preferIPv6: service.preferIPv6)
@@ -225,12 +234,16 @@ public final class Client: Sendable {
             channel.close()
             return
         }
-        var onEnd: (@Sendable (RelayResult) -> Void)?
+        var onEnd = owner.relayEnded
         if logger.logLevel <= .debug {
-            let (name, logger) = (service.name, self.logger)
-            onEnd = { logger.debug("service \(name): connection done: \($0)") }
+            let (name, logger, counted) = (service.name, self.logger, onEnd)
+            onEnd = {
+                counted?($0)
+                logger.debug("service \(name): connection done: \($0)")
+            }
         }
-        await relay(channel, local, on: ring, tracking: connections, onEnd: onEnd)
+        owner.counters.connectionStarted()
+        await relay(channel, local, on: ring, tracking: owner.connections, onEnd: onEnd)
     }
 }
 
@@ -238,11 +251,18 @@ public final class Client: Sendable {
 /// started. Removing the service ends the control channel at once and the rest after a grace.
 final class ClientService: Sendable {
     let config: ClientServiceConfig
+    let counters: ServiceCounters
+    /// Counts a relay's end; one for all the service's relays.
+    let relayEnded: (@Sendable (RelayResult) -> Void)?
     let dataChannels = TaskScope()
     let connections = ConnectionSet()
     private let control = TaskScope()
 
-    init(config: ClientServiceConfig) { self.config = config }
+    init(config: ClientServiceConfig, counters: ServiceCounters) {
+        self.config = config
+        self.counters = counters
+        relayEnded = counters.makeRelayEnd()
+    }
 
     func startControl(on ring: RingExecutor, _ body: @escaping @Sendable () async -> Void) {
         control.spawn(on: ring, body)

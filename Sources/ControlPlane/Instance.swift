@@ -12,7 +12,11 @@ public final class Instance: Sendable {
     public let mode: Mode
     let group: RingGroup
     public let logger: Logger
-    private let state: Mutex<State>
+    /// Counters per service and of handshake failures, kept across reloads and restarts.
+    public let metrics = Metrics()
+    let state: Mutex<State>
+    /// Held while the config in force is being changed (a reload, or a service through the API).
+    let changes = AsyncLock()
     private let reloads = Mutex<(running: Bool, pending: Bool)>((false, false))
     /// The task that follows the config file.
     private let watcher = TaskScope()
@@ -28,7 +32,7 @@ public final class Instance: Sendable {
         return .seconds(seconds)
     }
 
-    private struct State {
+    struct State {
         var config: Config
         var server: Server?
         var client: Client?
@@ -59,20 +63,24 @@ public final class Instance: Sendable {
         self.logger = logger
         var state = State(config: config)
         switch mode {
-        case .server: state.server = try Self.startServer(config.server!, group: group, logger: logger)
-        case .client: state.client = try Self.startClient(config.client!, group: group, logger: logger)
+        case .server: state.server = try Self.startServer(config.server!, group: group, logger: logger, metrics: metrics)
+        case .client: state.client = try Self.startClient(config.client!, group: group, logger: logger, metrics: metrics)
         }
         self.state = Mutex(state)
     }
 
-    private static func startServer(_ config: ServerConfig, group: RingGroup, logger: Logger) throws(StartError) -> Server {
-        let server = try Server(config: config, group: group, logger: logger)
+    private static func startServer(_ config: ServerConfig, group: RingGroup, logger: Logger, metrics: Metrics)
+        throws(StartError) -> Server
+    {
+        let server = try Server(config: config, group: group, logger: logger, metrics: metrics)
         try server.start()
         return server
     }
 
-    private static func startClient(_ config: ClientConfig, group: RingGroup, logger: Logger) throws(StartError) -> Client {
-        let client = try Client(config: config, group: group, logger: logger)
+    private static func startClient(_ config: ClientConfig, group: RingGroup, logger: Logger, metrics: Metrics)
+        throws(StartError) -> Client
+    {
+        let client = try Client(config: config, group: group, logger: logger, metrics: metrics)
         client.start()
         return client
     }
@@ -119,7 +127,7 @@ public final class Instance: Sendable {
         onReload(self, .started)
         var rejected: ConfigError?
         while true {
-            rejected = await reloadOnce()
+            rejected = await changes.withLock { await reloadOnce() }
             let again = reloads.withLock { r -> Bool in
                 if r.pending {
                     r.pending = false
@@ -157,29 +165,33 @@ public final class Instance: Sendable {
             logger.info("server.bind_addr, server.transport or server.heartbeat_interval changed: restarting the server")
             await server.shutdown()
             do {
-                let fresh = try Self.startServer(new, group: group, logger: logger)
+                let fresh = try Self.startServer(new, group: group, logger: logger, metrics: metrics)
                 state.withLock { $0.server = fresh }
             } catch {
                 logger.error("new server settings failed (\(error)); restoring the previous ones")
-                if let restored = try? Self.startServer(old, group: group, logger: logger) {
+                if let restored = try? Self.startServer(old, group: group, logger: logger, metrics: metrics) {
                     state.withLock { $0.server = restored }
                 }
             }
             return
         }
-        for change in diff(old.services, new.services) {
-            switch change {
-            case .removed(let name):
-                await server.removeService(named: name, grace: Self.grace)
-                logger.info("service \(name) removed")
-            case .added(let service):
-                server.addService(service)
-                logger.info("service \(service.name) added")
-            case .changed(let service):
-                await server.removeService(named: service.name, grace: Self.grace)
-                server.addService(service)
-                logger.info("service \(service.name) changed: restarted")
-            }
+        for change in diff(old.services, new.services) { await apply(change, to: server) }
+    }
+
+    /// Applies one service's change to the running server: the one way, for reloads and the API.
+    func apply(_ change: ServiceChange<ServerServiceConfig>, to server: Server) async {
+        switch change {
+        case .removed(let name):
+            await server.removeService(named: name, grace: Self.grace)
+            metrics.forget(name)
+            logger.info("service \(name) removed")
+        case .added(let service):
+            server.addService(service)
+            logger.info("service \(service.name) added")
+        case .changed(let service):
+            await server.removeService(named: service.name, grace: Self.grace)
+            server.addService(service)
+            logger.info("service \(service.name) changed: restarted")
         }
     }
 
@@ -187,7 +199,7 @@ public final class Instance: Sendable {
         if new.needsRestart(from: old) {
             logger.info("client.remote_addr, client.transport, client.heartbeat_timeout or client.prefer_ipv6 changed: restarting the client")
             do {
-                let fresh = try Self.startClient(new, group: group, logger: logger)
+                let fresh = try Self.startClient(new, group: group, logger: logger, metrics: metrics)
                 client.shutdown()
                 state.withLock { $0.client = fresh }
             } catch {
@@ -195,19 +207,23 @@ public final class Instance: Sendable {
             }
             return
         }
-        for change in diff(old.services, new.services) {
-            switch change {
-            case .removed(let name):
-                client.removeService(named: name, grace: Self.grace)
-                logger.info("service \(name) removed")
-            case .added(let service):
-                client.addService(service)
-                logger.info("service \(service.name) added")
-            case .changed(let service):
-                client.removeService(named: service.name, grace: Self.grace)
-                client.addService(service)
-                logger.info("service \(service.name) changed: restarted")
-            }
+        for change in diff(old.services, new.services) { apply(change, to: client) }
+    }
+
+    /// Applies one service's change to the running client: the one way, for reloads and the API.
+    func apply(_ change: ServiceChange<ClientServiceConfig>, to client: Client) {
+        switch change {
+        case .removed(let name):
+            client.removeService(named: name, grace: Self.grace)
+            metrics.forget(name)
+            logger.info("service \(name) removed")
+        case .added(let service):
+            client.addService(service)
+            logger.info("service \(service.name) added")
+        case .changed(let service):
+            client.removeService(named: service.name, grace: Self.grace)
+            client.addService(service)
+            logger.info("service \(service.name) changed: restarted")
         }
     }
 

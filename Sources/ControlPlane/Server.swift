@@ -16,6 +16,7 @@ public final class Server: Sendable {
     let hub: ServerHub
     let transport: any Transport
     let logger: Logger
+    let metrics: Metrics
     /// Visitors held at once, all services together; bounded by the open-file limit.
     let visitors: VisitorBudget
 
@@ -32,10 +33,11 @@ public final class Server: Sendable {
     /// The first bind attempt of each service port of the config: `listening()` waits for them.
     private let firstBinds: Countdown
 
-    public init(config: ServerConfig, group: RingGroup, logger: Logger) throws(StartError) {
+    public init(config: ServerConfig, group: RingGroup, logger: Logger, metrics: Metrics = Metrics()) throws(StartError) {
         self.config = config
         self.group = group
         self.logger = logger
+        self.metrics = metrics
         self.transport = try makeServerTransport(config.transport)
         self.hub = ServerHub(ring: group.executors[0], heartbeatInterval: config.heartbeatInterval, logger: logger)
         self.visitors = VisitorBudget.fitting(openFileLimit: Socket.openFileLimit)
@@ -113,13 +115,14 @@ public final class Server: Sendable {
     private func startService(_ service: ServerServiceConfig, onFirstBind: @escaping @Sendable () -> Void = {}) -> ServiceEntry {
         switch service.type {
         case .tcp:
-            let entry = ServiceEntry(config: service, budget: visitors)
+            let entry = ServiceEntry(config: service, budget: visitors, counters: metrics.counters(for: service.name))
             entry.tasks.spawn(on: group.executors[0]) { await self.serveVisitors(of: entry, onFirstBind: onFirstBind) }
             return entry
         case .udp:
             let ring = group.next()
-            let forwarder = UDPServerForwarder(ring: ring, service: service, logger: logger)
-            let entry = ServiceEntry(config: service, budget: visitors, udp: forwarder)
+            let counters = metrics.counters(for: service.name)
+            let forwarder = UDPServerForwarder(ring: ring, service: service, logger: logger, counters: counters)
+            let entry = ServiceEntry(config: service, budget: visitors, counters: counters, udp: forwarder)
             entry.tasks.spawn(on: ring) { await forwarder.run(onFirstBind: onFirstBind) }
             return entry
         }
@@ -158,6 +161,7 @@ public final class Server: Sendable {
                 guard pendingHandshakes.wrappingAdd(1, ordering: .relaxed).newValue <= Self.maxPendingHandshakes else {
                     pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
                     socket.close()
+                    metrics.count(.overload)
                     continue
                 }
                 group.addTask(executorPreference: ring) {
@@ -187,6 +191,7 @@ public final class Server: Sendable {
     func fileDataChannel(_ stream: ByteStream, sessionKey: Digest, ring: RingExecutor) -> (@Sendable () async -> Void)? {
         switch hub.addDataChannel(stream, sessionKey: sessionKey) {
         case .unknownSession:
+            metrics.count(.unknownSession)
             logger.warning("data channel from \(stream.peerAddress.map(\.description) ?? "?") has an unknown session key; closed")
             stream.close()
             return nil
@@ -223,6 +228,7 @@ public final class Server: Sendable {
             }
         } catch {
             pendingHandshakes.wrappingSubtract(1, ordering: .relaxed)
+            metrics.countHandshakeFailure(error)
             logger.warning("connection from \(peer()): \(error)")
             return
         }

@@ -42,6 +42,9 @@ actor ServerHub {
 
     func entry(named name: String) -> ServiceEntry? { services[Digest.service(named: name)] }
 
+    /// The client's address while the service's control channel is up.
+    func controlPeer(of entry: ServiceEntry) -> String? { current[entry.config.digest]?.peer }
+
     func closeAll() {
         for entry in services.values { unregister(entry, reason: "the server is shutting down") }
     }
@@ -187,6 +190,10 @@ final class ServiceEntry: Sendable {
     let channels: DataChannelPool
     /// The visitors being relayed, so that removing the service can end them after a grace period.
     let connections = ConnectionSet()
+    let counters: ServiceCounters
+    /// What runs when a visitor's relay ends (its bytes counted, its place in the budget freed):
+    /// one for all the service's relays.
+    let relayEnded: @Sendable (RelayResult) -> Void
     /// The accept loops on its listener, or its UDP forwarder.
     let tasks = TaskScope()
     /// Set for UDP services.
@@ -198,9 +205,15 @@ final class ServiceEntry: Sendable {
     /// Data channels a UDP service asks for (as upstream): datagrams are spread over them.
     static let udpChannels = 2
 
-    init(config: ServerServiceConfig, budget: VisitorBudget, udp: UDPServerForwarder? = nil) {
+    init(config: ServerServiceConfig, budget: VisitorBudget, counters: ServiceCounters, udp: UDPServerForwarder? = nil) {
         self.config = config
+        self.counters = counters
         self.udp = udp
+        let counted = counters.makeRelayEnd()
+        relayEnded = { result in
+            counted?(result)
+            budget.release()
+        }
         channels = DataChannelPool(budget: budget)
     }
 

@@ -133,6 +133,7 @@ extension Server {
                     await self.place(visitor, of: entry, ring: ring, first: true)?()
                     return
                 }
+                entry.counters.connectionStarted()
                 await relay(visitor.socket, channel, on: ring, tracking: entry.connections, onEnd: done)
             }
         }
@@ -142,19 +143,21 @@ extension Server {
             channel.close()
             return .channelDead
         }
+        entry.counters.connectionStarted()
         startSplice(visitor.socket, socket, on: ring, tracking: entry.connections, onEnd: done)
         return .started
     }
 
     private static let startForwardTcp = DataChannelCmd.startForwardTcp.encode()
 
-    /// What runs when a visitor's relay ends: its place in the budget is freed.
+    /// What runs when a visitor's relay ends: its bytes are counted and its place in the budget
+    /// is freed (the service's one closure for that, unless debug logging wants a line too).
     private func visitorDone(_ entry: ServiceEntry) -> @Sendable (RelayResult) -> Void {
-        let visitors = self.visitors
-        guard logger.logLevel <= .debug else { return { _ in visitors.release() } }
+        let done = entry.relayEnded
+        guard logger.logLevel <= .debug else { return done }
         let (logger, name) = (self.logger, entry.config.name)
         return { result in
-            visitors.release()
+            done(result)
             logger.debug("service \(name): visitor done: \(result)")
         }
     }

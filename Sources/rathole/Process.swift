@@ -1,3 +1,6 @@
+#if AdminAPI
+import AdminAPI
+#endif
 import ControlPlane
 import DataPlane
 import Glibc
@@ -39,12 +42,15 @@ enum Process {
             return 1
         }
         let supervisor = Supervisor.fromEnvironment()
+        let api = AdminAPIHolder()
         let instance: Instance
         do {
             instance = try Instance(path: configPath, forced: forced, group: group) { instance, event in
                 switch event {
                 case .started: supervisor.reloading()
-                case .finished(let rejected): supervisor.reloaded(instance.config, mode: instance.mode, rejected: rejected)
+                case .finished(let rejected):
+                    api.instanceReloaded()
+                    supervisor.reloaded(instance.config, mode: instance.mode, rejected: rejected)
                 }
             }
         } catch {
@@ -52,6 +58,13 @@ enum Process {
             return 1
         }
         waitFor { await instance.listening() }
+        waitFor { await api.start(instance) }
+        if let error = api.startFailure {
+            writeStderr("error: \(error)\n")
+            waitFor { await instance.shutdown() }
+            group.shutdown()
+            return 1
+        }
         instance.watchConfigFile()
         supervisor.ready(instance.config, mode: instance.mode)
         let logger = instance.logger
@@ -66,6 +79,7 @@ enum Process {
             }
             logger.info("shutting down")
             supervisor.stopping()
+            waitFor { await api.stop() }
             waitFor { await instance.shutdown() }
             group.shutdown()
             return 0

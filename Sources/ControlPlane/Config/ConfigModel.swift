@@ -111,19 +111,22 @@ public struct ServerConfig: Equatable, Sendable {
     public var transport: TransportConfig
     /// By service name.
     public var services: [String: ServerServiceConfig]
+    public var api: ApiConfig?
 
     public static let defaultHeartbeatInterval: UInt64 = 30
 
     public init(
         bindAddr: PeerAddress, defaultToken: MaskedString? = nil,
         heartbeatInterval: UInt64 = ServerConfig.defaultHeartbeatInterval,
-        transport: TransportConfig = TransportConfig(), services: [String: ServerServiceConfig] = [:]
+        transport: TransportConfig = TransportConfig(), services: [String: ServerServiceConfig] = [:],
+        api: ApiConfig? = nil
     ) {
         self.bindAddr = bindAddr
         self.defaultToken = defaultToken
         self.heartbeatInterval = heartbeatInterval
         self.transport = transport
         self.services = services
+        self.api = api
     }
 }
 
@@ -159,6 +162,7 @@ public struct ClientConfig: Equatable, Sendable {
     public var transport: TransportConfig
     /// By service name.
     public var services: [String: ClientServiceConfig]
+    public var api: ApiConfig?
 
     public static let defaultHeartbeatTimeout: UInt64 = 40
     public static let defaultRetryInterval: UInt64 = 1
@@ -167,7 +171,8 @@ public struct ClientConfig: Equatable, Sendable {
         remoteAddr: HostPort, defaultToken: MaskedString? = nil,
         heartbeatTimeout: UInt64 = ClientConfig.defaultHeartbeatTimeout,
         retryInterval: UInt64 = ClientConfig.defaultRetryInterval, preferIPv6: Bool = false,
-        transport: TransportConfig = TransportConfig(), services: [String: ClientServiceConfig] = [:]
+        transport: TransportConfig = TransportConfig(), services: [String: ClientServiceConfig] = [:],
+        api: ApiConfig? = nil
     ) {
         self.remoteAddr = remoteAddr
         self.defaultToken = defaultToken
@@ -176,6 +181,7 @@ public struct ClientConfig: Equatable, Sendable {
         self.preferIPv6 = preferIPv6
         self.transport = transport
         self.services = services
+        self.api = api
     }
 
     /// The name a TLS client checks the server against: `transport.tls.hostname`, else the host of

@@ -10,25 +10,29 @@ func formatKeyPath(_ components: [String]) -> String {
         let bare = !c.isEmpty && c.utf8.allSatisfy { b in
             (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
         }
-        if bare { return c }
-        var q = "\""
-        for ch in c.unicodeScalars {
-            switch ch {
-            case "\"": q += "\\\""
-            case "\\": q += "\\\\"
-            case "\n": q += "\\n"
-            case "\t": q += "\\t"
-            default:
-                if ch.value < 0x20 || ch.value == 0x7F {
-                    let hex = String(ch.value, radix: 16, uppercase: true)
-                    q += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    q.unicodeScalars.append(ch)
-                }
+        return bare ? c : tomlBasicString(c)
+    }.joined(separator: ".")
+}
+
+/// `text` as a TOML basic string: quoted, with quotes, backslashes and control characters escaped.
+func tomlBasicString(_ text: String) -> String {
+    var q = "\""
+    for ch in text.unicodeScalars {
+        switch ch {
+        case "\"": q += "\\\""
+        case "\\": q += "\\\\"
+        case "\n": q += "\\n"
+        case "\t": q += "\\t"
+        default:
+            if ch.value < 0x20 || ch.value == 0x7F {
+                let hex = String(ch.value, radix: 16, uppercase: true)
+                q += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else {
+                q.unicodeScalars.append(ch)
             }
         }
-        return q + "\""
-    }.joined(separator: ".")
+    }
+    return q + "\""
 }
 
 func typeName(_ t: TOMLType) -> String {
@@ -126,32 +130,40 @@ func parseServiceType(_ r: TableReader) throws(ConfigError) -> ServiceType {
 }
 
 func parseServer(_ r: TableReader) throws(ConfigError) -> ServerConfig {
-    try r.checkKeys(["bind_addr", "default_token", "heartbeat_interval", "transport", "services"])
+    try r.checkKeys(["bind_addr", "default_token", "heartbeat_interval", "transport", "services", "api"])
     let bindAddr = try readBindAddr(r, "bind_addr", required: true)!
     let defaultToken = try r.string("default_token").map { MaskedString($0) }
     let heartbeat = try r.uint64("heartbeat_interval") ?? ServerConfig.defaultHeartbeatInterval
     let transport = try parseTransport(r.table("transport"), isServer: true)
-    var services: [String: ServerServiceConfig] = [:]
+    let api = try r.table("api").map { (t) throws(ConfigError) in try parseApi(t) }
+    var config = ServerConfig(
+        bindAddr: bindAddr, defaultToken: defaultToken, heartbeatInterval: heartbeat, transport: transport, api: api)
     if let st = try r.table("services") {
         for (name, s) in try st.subtables() {
-            try s.checkKeys(["type", "token", "bind_addr", "nodelay"])
-            let type = try parseServiceType(s)
-            let bind = try readBindAddr(s, "bind_addr", required: true)!
-            guard let token = try s.string("token").map({ MaskedString($0) }) ?? defaultToken else {
-                throw s.error("token", "not set and \(r.keyPath("default_token")) is not set either")
-            }
-            let nodelay = try s.bool("nodelay") ?? transport.tcp.nodelay
-            services[name] = ServerServiceConfig(name: name, type: type, bindAddr: bind, token: token, nodelay: nodelay)
+            config.services[name] = try config.parseService(name, s, defaultTokenKey: r.keyPath("default_token"))
         }
     }
-    return ServerConfig(
-        bindAddr: bindAddr, defaultToken: defaultToken, heartbeatInterval: heartbeat, transport: transport,
-        services: services)
+    return config
+}
+
+extension ServerConfig {
+    /// One `[server.services.NAME]` table, with this server's defaults.
+    func parseService(_ name: String, _ s: TableReader, defaultTokenKey: String) throws(ConfigError) -> ServerServiceConfig {
+        try s.checkKeys(["type", "token", "bind_addr", "nodelay"])
+        let type = try parseServiceType(s)
+        let bind = try readBindAddr(s, "bind_addr", required: true)!
+        guard let token = try s.string("token").map({ MaskedString($0) }) ?? defaultToken else {
+            throw s.error("token", "not set and \(defaultTokenKey) is not set either")
+        }
+        let nodelay = try s.bool("nodelay") ?? transport.tcp.nodelay
+        return ServerServiceConfig(name: name, type: type, bindAddr: bind, token: token, nodelay: nodelay)
+    }
 }
 
 func parseClient(_ r: TableReader) throws(ConfigError) -> ClientConfig {
     try r.checkKeys([
         "remote_addr", "default_token", "heartbeat_timeout", "retry_interval", "prefer_ipv6", "transport", "services",
+        "api",
     ])
     let remote = try readHostPort(r, "remote_addr", required: true)!
     let defaultToken = try r.string("default_token").map { MaskedString($0) }
@@ -159,26 +171,34 @@ func parseClient(_ r: TableReader) throws(ConfigError) -> ClientConfig {
     let retry = try r.uint64("retry_interval") ?? ClientConfig.defaultRetryInterval
     let preferIPv6 = try r.bool("prefer_ipv6") ?? false
     let transport = try parseTransport(r.table("transport"), isServer: false)
-    var services: [String: ClientServiceConfig] = [:]
+    let api = try r.table("api").map { (t) throws(ConfigError) in try parseApi(t) }
+    var config = ClientConfig(
+        remoteAddr: remote, defaultToken: defaultToken, heartbeatTimeout: heartbeatTimeout, retryInterval: retry,
+        preferIPv6: preferIPv6, transport: transport, api: api)
     if let st = try r.table("services") {
         for (name, s) in try st.subtables() {
-            try s.checkKeys(["type", "token", "local_addr", "nodelay", "retry_interval", "prefer_ipv6"])
-            let type = try parseServiceType(s)
-            let local = try readHostPort(s, "local_addr", required: true)!
-            guard let token = try s.string("token").map({ MaskedString($0) }) ?? defaultToken else {
-                throw s.error("token", "not set and \(r.keyPath("default_token")) is not set either")
-            }
-            let nodelay = try s.bool("nodelay") ?? transport.tcp.nodelay
-            let serviceRetry = try s.uint64("retry_interval") ?? retry
-            let servicePrefer = try s.bool("prefer_ipv6") ?? preferIPv6
-            services[name] = ClientServiceConfig(
-                name: name, type: type, localAddr: local, token: token, nodelay: nodelay,
-                retryInterval: serviceRetry, preferIPv6: servicePrefer)
+            config.services[name] = try config.parseService(name, s, defaultTokenKey: r.keyPath("default_token"))
         }
     }
-    return ClientConfig(
-        remoteAddr: remote, defaultToken: defaultToken, heartbeatTimeout: heartbeatTimeout, retryInterval: retry,
-        preferIPv6: preferIPv6, transport: transport, services: services)
+    return config
+}
+
+extension ClientConfig {
+    /// One `[client.services.NAME]` table, with this client's defaults.
+    func parseService(_ name: String, _ s: TableReader, defaultTokenKey: String) throws(ConfigError) -> ClientServiceConfig {
+        try s.checkKeys(["type", "token", "local_addr", "nodelay", "retry_interval", "prefer_ipv6"])
+        let type = try parseServiceType(s)
+        let local = try readHostPort(s, "local_addr", required: true)!
+        guard let token = try s.string("token").map({ MaskedString($0) }) ?? defaultToken else {
+            throw s.error("token", "not set and \(defaultTokenKey) is not set either")
+        }
+        let nodelay = try s.bool("nodelay") ?? transport.tcp.nodelay
+        let serviceRetry = try s.uint64("retry_interval") ?? retryInterval
+        let servicePrefer = try s.bool("prefer_ipv6") ?? preferIPv6
+        return ClientServiceConfig(
+            name: name, type: type, localAddr: local, token: token, nodelay: nodelay,
+            retryInterval: serviceRetry, preferIPv6: servicePrefer)
+    }
 }
 
 func parseTransport(_ tr: TableReader?, isServer: Bool) throws(ConfigError)

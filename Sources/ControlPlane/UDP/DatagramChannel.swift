@@ -56,16 +56,19 @@ final class DatagramChannel: Sendable {
 
     var alive: Bool { state.value.alive }
 
-    /// Queues one datagram from (server side) or for (client side) `peer`.
-    func send(_ payload: UnsafeRawBufferPointer, peer: PeerAddress) {
+    /// Queues one datagram from (server side) or for (client side) `peer`; false when it was
+    /// dropped (the channel is backed up or closed, or the datagram too big).
+    @discardableResult
+    func send(_ payload: UnsafeRawBufferPointer, peer: PeerAddress) -> Bool {
         let s = state.value
-        guard s.alive, payload.count <= UdpHeader.maxPayload, s.queued.readable.count < Self.maxQueuedBytes else { return }
+        guard s.alive, payload.count <= UdpHeader.maxPayload, s.queued.readable.count < Self.maxQueuedBytes else { return false }
         let prefix = UdpHeader.prefixSize(for: peer)
         let space = s.queued.reserve(prefix + payload.count)
         _ = try? UdpHeader.encodePrefix(from: peer, payloadLength: payload.count, into: space)
         UnsafeMutableRawBufferPointer(rebasing: space[prefix...]).copyMemory(from: payload)
         s.queued.commit(prefix + payload.count)
         wake.signal()
+        return true
     }
 
     /// Queues a protocol message ahead of the frames (StartForwardUdp).

@@ -5,7 +5,7 @@ import Synchronization
 extension Client {
     /// The client side of a UDP data channel: one connected local socket per visitor address,
     /// replies framed back with that address, a socket dropped after 60 s without traffic.
-    func forwardUDP(_ service: ClientServiceConfig, channel stream: ByteStream, ring: RingExecutor) async {
+    func forwardUDP(_ service: ClientServiceConfig, channel stream: ByteStream, counters: ServiceCounters, ring: RingExecutor) async {
         let local: SocketAddress
         do {
             local = try await service.localAddr.resolve(preferIPv6: service.preferIPv6)
@@ -15,13 +15,21 @@ extension Client {
             return
         }
         let channel = DatagramChannel(stream: stream, ring: ring)
-        let visitors = UDPVisitorTable(ring: ring, channel: channel, local: local) { [logger] in
+        let visitors = UDPVisitorTable(ring: ring, channel: channel, local: local, counters: counters) { [logger] in
             logger.warning("service \(service.name): too many UDP visitors at once (\(UDPVisitorTable.maxVisitors) per channel, \(UDPVisitorTable.maxOpenSockets) in all); datagrams from new visitors are dropped until others go quiet for 60 s")
         }
+        var (forwarded, bytes, dropped) = (0, 0, 0)
         let end = await channel.run({ header, payload in
-            visitors.forward(payload, from: header.from)
+            if visitors.forward(payload, from: header.from) {
+                forwarded += 1
+                bytes += payload.count
+            } else {
+                dropped += 1
+            }
         }, endOfBatch: {
             visitors.flush()
+            counters.datagrams(inbound: forwarded, bytesIn: bytes, dropped: dropped)
+            (forwarded, bytes, dropped) = (0, 0, 0)
         })
         await visitors.closeAll()
         DatagramChannel.logEnd(end, service: service.name, logger: logger)
@@ -76,6 +84,7 @@ final class UDPVisitorTable: Sendable {
     let ring: RingExecutor
     let channel: DatagramChannel
     let local: SocketAddress
+    let counters: ServiceCounters
     private let state: RingBound<State>
     private let replyTasks = TaskScope()
     /// One receive batch for all visitors: datagrams are framed before the next batch is read.
@@ -86,10 +95,12 @@ final class UDPVisitorTable: Sendable {
     /// whole process.
     private let reportLimit: @Sendable () -> Void
 
-    init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress, reportLimit: @escaping @Sendable () -> Void) {
+    init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress, counters: ServiceCounters,
+         reportLimit: @escaping @Sendable () -> Void) {
         self.ring = ring
         self.channel = channel
         self.local = local
+        self.counters = counters
         self.reportLimit = reportLimit
         state = RingBound(State(), ring: ring)
         replies = RingBound(ReceiveBatch(capacity: 16), ring: ring)
@@ -99,12 +110,14 @@ final class UDPVisitorTable: Sendable {
     var count: Int { state.value.visitors.count }
 
     /// Queues a visitor's datagram for the local service (sent by `flush`, or earlier when the
-    /// batch is full or the next datagram is another visitor's).
-    func forward(_ payload: UnsafeRawBufferPointer, from peer: PeerAddress) {
-        guard let visitor = visitor(for: peer) else { return }
+    /// batch is full or the next datagram is another visitor's); false when it is dropped (no
+    /// socket for a new visitor).
+    func forward(_ payload: UnsafeRawBufferPointer, from peer: PeerAddress) -> Bool {
+        guard let visitor = visitor(for: peer) else { return false }
         if visitor !== state.value.pending || outgoing.value.isFull { flush() }
         state.value.pending = visitor
         outgoing.value.add(payload, to: nil)
+        return true
     }
 
     func flush() {
@@ -147,7 +160,15 @@ final class UDPVisitorTable: Sendable {
                 break
             }
             while let n = try? replies.value.receive(from: v.socket), n > 0 {
-                for i in 0..<n { channel.send(replies.value.payload(i), peer: v.peer) }
+                var (sent, bytes) = (0, 0)
+                for i in 0..<n {
+                    let payload = replies.value.payload(i)
+                    if channel.send(payload, peer: v.peer) {
+                        sent += 1
+                        bytes += payload.count
+                    }
+                }
+                counters.datagrams(outbound: sent, bytesOut: bytes, dropped: n - sent)
                 v.lastActive = .now
             }
         }

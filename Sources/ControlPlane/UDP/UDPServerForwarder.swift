@@ -11,6 +11,7 @@ final class UDPServerForwarder: Sendable {
     let ring: RingExecutor
     let service: ServerServiceConfig
     let logger: Logger
+    let counters: ServiceCounters
     private let channelTasks = TaskScope()
     private let state: RingBound<State>
 
@@ -32,10 +33,11 @@ final class UDPServerForwarder: Sendable {
     /// How long a channel must have lived to be replaced at once when it breaks.
     static let replacementPause: Duration = .seconds(1)
 
-    init(ring: RingExecutor, service: ServerServiceConfig, logger: Logger) {
+    init(ring: RingExecutor, service: ServerServiceConfig, logger: Logger, counters: ServiceCounters) {
         self.ring = ring
         self.service = service
         self.logger = logger
+        self.counters = counters
         state = RingBound(State(), ring: ring)
     }
 
@@ -64,13 +66,21 @@ final class UDPServerForwarder: Sendable {
             do { try await socket.waitReadable(on: ring) } catch { break }
             // Take what is queued, a bounded number of batches so the ring stays responsive.
             let now = ContinuousClock.now
+            var (forwarded, bytes, dropped) = (0, 0, 0)
             for _ in 0..<16 {
                 guard let n = try? batch.receive(from: socket), n > 0 else { break }
                 for i in 0..<n {
                     let peer = PeerAddress(batch.sender(i))
-                    channel(for: peer, now: now)?.send(batch.payload(i), peer: peer)
+                    let payload = batch.payload(i)
+                    if channel(for: peer, now: now)?.send(payload, peer: peer) == true {
+                        forwarded += 1
+                        bytes += payload.count
+                    } else {
+                        dropped += 1
+                    }
                 }
             }
+            counters.datagrams(inbound: forwarded, bytesIn: bytes, dropped: dropped)
             if now - state.value.lastSweep > .seconds(10) { sweep(now) }
         }
         state.value.socket = nil
@@ -121,12 +131,17 @@ final class UDPServerForwarder: Sendable {
         channel.send(DataChannelCmd.startForwardUdp)
         state.value.channels.append(channel)
         let replies = SendBatch(capacity: 64)
+        var (count, bytes) = (0, 0)
         let end = await channel.run({ header, payload in
             guard let socket = self.state.value.socket else { return }
             if replies.isFull { replies.flush(on: socket) }
             replies.add(payload, to: header.from.socketAddress)
+            count += 1
+            bytes += payload.count
         }, endOfBatch: {
             if let socket = self.state.value.socket { replies.flush(on: socket) }
+            self.counters.datagrams(outbound: count, bytesOut: bytes)
+            (count, bytes) = (0, 0)
         })
         state.value.channels.removeAll { $0 === channel }
         sweep(.now)
