@@ -61,6 +61,12 @@ struct FuzzInput {
         return Array(bytes[position..<position + k])
     }
 
+    /// Exactly `n` bytes, zeros past the end.
+    mutating func takePadded(_ n: Int) -> [UInt8] {
+        let b = take(n)
+        return b + [UInt8](repeating: 0, count: n - b.count)
+    }
+
     /// Everything not taken yet.
     mutating func rest() -> [UInt8] { take(remaining) }
 }

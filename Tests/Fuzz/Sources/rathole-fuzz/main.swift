@@ -7,6 +7,8 @@ import Glibc
 
 let targets: [FuzzTarget] = [
     wireTarget,
+    udpTarget,
+    proxyTarget,
 ]
 
 nonisolated(unsafe) var selected: FuzzTarget?
