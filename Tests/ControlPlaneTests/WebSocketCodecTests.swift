@@ -292,6 +292,22 @@ final class WebSocketCodecTests: XCTestCase {
         refused([0x02, 0x81] + key + [0, 0x82, 0x81] + key + [0], .messageInterrupted)
     }
 
+    /// Fuzzer find (websocket-frames target): a control frame whose 64-bit length field is 2^63 or
+    /// more trapped converting the length to Int for the error, so one stranger's 14 bytes took
+    /// the whole server down. Refused like any other oversized control frame.
+    func testControlFrameWithHugeLengthIsRefused() {
+        let key: [UInt8] = [0x89, 0x89, 0x89, 0x89]
+        for length: UInt64 in [1 << 63, UInt64.max, 0x8989_8989_8989_8989] {
+            let field = (0..<8).map { UInt8(truncatingIfNeeded: length >> (56 - 8 * UInt64($0))) }
+            for (opcode, peerMasks) in [(0x89, true), (0x88, false), (0x8A, true)] {
+                let bytes = [UInt8(opcode), peerMasks ? 0xFF : 0x7F] + field + (peerMasks ? key : [])
+                XCTAssertThrowsError(try decodeStream(bytes, peerMasks: peerMasks, pieces: [bytes.count])) {
+                    XCTAssertEqual($0 as? WebSocketFrameError, .controlFrameTooLarge(length))
+                }
+            }
+        }
+    }
+
     /// Fragments each within the frame limit, adding up to more than a message may hold: refused
     /// at the header that crosses the limit (payloads streamed through a 1 MiB buffer).
     func testMessageLimitAcrossFragments() throws {

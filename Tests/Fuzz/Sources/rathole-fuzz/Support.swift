@@ -93,12 +93,14 @@ struct Splitter {
         return 1 + Int(state % UInt32(min(remaining, limit)))
     }
 
-    /// `bytes` cut into chunks.
+    /// `bytes` cut into chunks, at most about 2000 of them (a long stream a byte at a time would
+    /// spend the run on one input).
     mutating func chunks(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
         var out: [ArraySlice<UInt8>] = []
+        let floor = bytes.count / 2000
         var i = 0
         while i < bytes.count {
-            let n = next(bytes.count - i)
+            let n = min(bytes.count - i, next(bytes.count - i) + floor)
             out.append(bytes[i..<i + n])
             i += n
         }

@@ -9,6 +9,7 @@ let targets: [FuzzTarget] = [
     wireTarget,
     udpTarget,
     proxyTarget,
+    webSocketFramesTarget,
 ]
 
 nonisolated(unsafe) var selected: FuzzTarget?
