@@ -10,6 +10,9 @@ let targets: [FuzzTarget] = [
     udpTarget,
     proxyTarget,
     webSocketFramesTarget,
+    webSocketUpgradeTarget,
+    noiseHandshakeTarget,
+    noiseTransportTarget,
 ]
 
 nonisolated(unsafe) var selected: FuzzTarget?
