@@ -13,6 +13,9 @@ let targets: [FuzzTarget] = [
     webSocketUpgradeTarget,
     noiseHandshakeTarget,
     noiseTransportTarget,
+    tlsTarget,
+    configTarget,
+    addressesTarget,
 ]
 
 nonisolated(unsafe) var selected: FuzzTarget?
