@@ -73,7 +73,7 @@ enum ProxyChecks {
         while true {
             let needed: Int
             do {
-                needed = try boundedHeap(input: reply.count, fixed: 64, "Socks5Reply.bytesNeeded") {
+                needed = try boundedHeap(input: reply.count, fixed: 2048, "Socks5Reply.bytesNeeded") {
                     Result { () throws(ProxyReplyError) in try Socks5Reply.bytesNeeded(reply) }
                 }.get()
             } catch {

@@ -21,6 +21,8 @@ func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () ->
 
 /// Runs `body` and requires that the heap it leaves or used at its peak grows with the input, not
 /// with what a length field in the input claims: at most `perByte` bytes per input byte plus `fixed`.
+/// `fixed` is at least about 2 KiB: the first call down a code path may allocate the Swift
+/// runtime's type metadata, once per process.
 func boundedHeap<R>(input: Int, perByte: Int = 4, fixed: Int, _ what: String, file: StaticString = #fileID,
                     line: UInt = #line, _ body: () -> R) -> R {
     rf_track_begin()

@@ -8,7 +8,8 @@ import ControlPlane
 // Properties: a decoded frame re-encodes to exactly its bytes; the error is the first one the
 // layout calls for (an independent reading of the layout); a prefix of the bytes never decodes
 // differently from the whole (nil while incomplete, the same header or the same error);
-// decodePrefix and parse allocate nothing; building then decoding gives the frame back.
+// decodePrefix and parse allocate nothing (beyond the runtime's one-time metadata); building then
+// decoding gives the frame back.
 
 let udpTarget = FuzzTarget(
     name: "udp",
@@ -24,7 +25,7 @@ let udpTarget = FuzzTarget(
 
 enum UDPChecks {
     static func decode(_ bytes: [UInt8]) {
-        let result = boundedHeap(input: bytes.count, fixed: 256, "UdpFrame(decoding:)") {
+        let result = boundedHeap(input: bytes.count, fixed: 4096, "UdpFrame(decoding:)") {
             Result { () throws(ProtocolError) -> UdpFrame in try UdpFrame(decoding: bytes) }
         }
         let expected = layout(bytes)
@@ -44,7 +45,7 @@ enum UDPChecks {
         for cut in [0, 1, 4, 5, 12, 13, 24, 25, bytes.count / 2, bytes.count] where cut <= bytes.count {
             bytes.withUnsafeBytes { all in
                 let raw = UnsafeRawBufferPointer(rebasing: all[..<cut])
-                let prefix = boundedHeap(input: 0, perByte: 0, fixed: 0, "UdpHeader.decodePrefix") {
+                let prefix = boundedHeap(input: 0, perByte: 0, fixed: 2048, "UdpHeader.decodePrefix") {
                     Result { () throws(ProtocolError) in try UdpHeader.decodePrefix(raw) }
                 }
                 switch (prefix, full) {
@@ -53,7 +54,7 @@ enum UDPChecks {
                 case (.failure(let e), .failure(let ef)): require(e == ef, "prefix \(cut): error \(e), whole \(ef)")
                 default: require(false, "prefix \(cut) decodes to \(prefix), the whole to \(full)")
                 }
-                let parsed = boundedHeap(input: 0, perByte: 0, fixed: 0, "UdpFrame.parse") {
+                let parsed = boundedHeap(input: 0, perByte: 0, fixed: 2048, "UdpFrame.parse") {
                     Result { () throws(ProtocolError) in try UdpFrame.parse(raw) }
                 }
                 if case .success(let p?) = parsed {

@@ -45,7 +45,7 @@ enum WebSocketUpgradeChecks {
                 break
             }
         }
-        let whole = boundedHeap(input: s.count, fixed: 1024, "headLength") { headLength(s[...], prefix) }
+        let whole = boundedHeap(input: s.count, fixed: 4096, "headLength") { headLength(s[...], prefix) }
         switch whole {
         case .failure(.notHTTP): require(mismatch != nil, "notHTTP for \(hex(s.prefix(16)))")
         case .failure(.headTooLarge): require(mismatch == nil && end == nil && s.count >= WebSocketHandshake.maxHeadSize, "headTooLarge")
