@@ -125,6 +125,28 @@ final class WebSocketCodecTests: XCTestCase {
         XCTAssertThrowsError(try WebSocketHandshake.checkRequest(Array("GET / HTTP/1.1\r\n\r\n".utf8)))
     }
 
+    /// Fuzzer find (websocket-upgrade target, Tests/Fuzz/corpus/websocket-upgrade/regression-*):
+    /// a bare CR or LF inside the request line (kept by the head parser, which splits on CRLF)
+    /// went into the refusal, so a stranger's request logged several lines. Shown as '?'.
+    func testRefusalsOfBareCRorLFHeadsAreOneLine() {
+        let found = Array("GET / HTTP/1t\rosH\n1.: 127.0.0.1:2334\r\nConnection: Upgrade\r\n\r\n".utf8)
+        XCTAssertThrowsError(try WebSocketHandshake.checkRequest(found)) {
+            XCTAssertEqual($0 as? WebSocketHandshakeError, .malformed("request line \"GET / HTTP/1t?osH?1.: 127.0.0.1:2334\""))
+        }
+        let heads = ["GET / HTTP/1.1\nX\r\nHost: h\r\n\r\n", "GET / HTTP/1.1\r\nBad\rName: x\r\n\r\n",
+                     "GET / HTTP/1.1\rX\r\n\r\n", "GET / HTTP/1.\n1\r\n\r\n"]
+        for head in heads {
+            XCTAssertThrowsError(try WebSocketHandshake.checkRequest(Array(head.utf8))) {
+                let line = "\($0)"
+                XCTAssertFalse(line.contains("\n") || line.contains("\r"), line.debugDescription)
+            }
+        }
+        let response = Array("HTTP/1.1 200 O\nK\r\n\r\n".utf8)
+        XCTAssertThrowsError(try WebSocketHandshake.checkResponse(response, key: "x")) {
+            XCTAssertEqual($0 as? WebSocketHandshakeError, .refused("the server answered \"HTTP/1.1 200 O?K\""))
+        }
+    }
+
     func testClientChecksTheResponseAsUpstream() throws {
         let key = "dGhlIHNhbXBsZSBub25jZQ=="
         let ok = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
