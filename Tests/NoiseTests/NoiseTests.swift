@@ -173,7 +173,7 @@ final class NoiseTests: XCTestCase {
             let (_, r3) = try connectedPair(responderStatic: server)
             var outcome: NoiseError?
             for piece in pieces where outcome == nil {
-                do { _ = try r3.open(piece) } catch { outcome = error as? NoiseError }
+                do { _ = try r3.open(piece) } catch { outcome = error }
             }
             XCTAssertEqual(outcome, .malformedMessage("transport message shorter than its tag"), "pieces \(pieces)")
         }
