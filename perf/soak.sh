@@ -8,7 +8,7 @@
 # grow after warm-up beyond a noise band (perf/soak.py has the rules).
 #
 # Prints one line per minute and a summary line; writes perf/results/soak-STAMP.md and a chart,
-# perf/results/soak-STAMP.png (runs shorter than 60 minutes are named soak-STAMP-partial.*, which
+# perf/results/soak-STAMP.png (runs shorter than 60 minutes are named soak-STAMP-quick.*, which
 # git ignores).
 #
 # Usage: perf/soak.sh [--minutes N] [--no-build] [--scratch-path DIR]
@@ -72,7 +72,7 @@ fi
 
 STAMP=$(date +%Y-%m-%d-%H%M)
 NAME=soak-$STAMP
-[ "$MINUTES" -lt 60 ] && NAME+=-partial
+[ "$MINUTES" -lt 60 ] && NAME+=-quick
 mkdir -p "$ROOT/perf/results"
 OUT=$ROOT/perf/results/$NAME.md
 MACHINE=$(machine_line)

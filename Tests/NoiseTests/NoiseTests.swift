@@ -181,7 +181,7 @@ final class NoiseTests: XCTestCase {
             // The recorded NK client's first message, then a 3-byte frame's header and one byte.
             let serverKey = try NoiseKeyPair(base64PrivateKey: "9loWbcY+DQrEXYfQcYwVqKdvttfzU5vz+1Jku0vs8nI=")
             let responder = try NoiseSession(role: .responder, localStaticKey: serverKey)
-            let first = WireTranscript.hex("3000") + WireTranscript.hex(
+            let first = hex("3000") + hex(
                 "5a15004930bd2a3045731ee19a0568a0ee15c1631b5b78ddb229547fd44c697f635a9b80ecaf79c4f37abda02057fe66")
             XCTAssertEqual(try responder.readHandshakeMessage(first + [0x03, 0x00, 0x28]), 1)
             _ = try responder.nextHandshakeMessage()
