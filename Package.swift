@@ -5,8 +5,8 @@ let package = Package(
     name: "rathole",
     products: [
         .executable(name: "rathole", targets: ["rathole"]),
-        // For the fuzzers' package in Tests/Fuzz (built only by scripts/fuzz).
-        .library(name: "ControlPlane", targets: ["ControlPlane"]),
+        // The parsers, for the fuzzers' package in Tests/Fuzz (built only by scripts/fuzz).
+        .library(name: "RatholeParsers", targets: ["ControlPlane", "Noise", "TLS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -14,7 +14,7 @@ let package = Package(
         .target(name: "CFuzzSupport"),
         .executableTarget(
             name: "rathole-fuzz",
-            dependencies: ["CFuzzSupport", .product(name: "ControlPlane", package: "rathole")]
+            dependencies: ["CFuzzSupport", .product(name: "RatholeParsers", package: "rathole")]
         ),
     ]
 )

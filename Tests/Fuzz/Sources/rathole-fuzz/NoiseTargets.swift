@@ -1,4 +1,6 @@
 import ControlPlane
+import Noise
+import TLS
 
 // The Noise transport as rathole frames it (u16 LE length + message), read by NoiseSession the way
 // NoiseSecureSession drives it.

@@ -1,4 +1,6 @@
 import ControlPlane
+import Noise
+import TLS
 import Glibc
 
 // TLS record intake as our code drives it: the server's TLSSession is handed ciphertext in chunks

@@ -60,7 +60,7 @@ enum UDPChecks {
                 if case .success(let p?) = parsed {
                     require(p.size <= cut && p.size == p.header.prefixSize + Int(p.header.length), "parse of \(cut) bytes: \(p)")
                 }
-                if case .success(let f) = result, cut < bytes.count {
+                if case .success = result, cut < bytes.count {
                     let incomplete = if case .success(nil) = parsed { true } else { false }
                     require(incomplete, "parse of an incomplete frame (\(cut) of \(bytes.count)): \(parsed)")
                 }
