@@ -7,11 +7,11 @@ import Glibc
 /// raced. Inside this module this pthread mutex, which TSan intercepts, stands in for it, with the
 /// same use (`Mutex(value)`, `withLock`). One copy per module: a public one would be ambiguous with
 /// Synchronization's in every module importing both.
-final class Mutex<Value>: @unchecked Sendable {
+final class Mutex<Value: ~Copyable>: @unchecked Sendable {
     private var value: Value
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-    init(_ initialValue: Value) {
+    init(_ initialValue: consuming Value) {
         value = initialValue
         pthread_mutex_init(lock, nil)
     }
@@ -21,7 +21,7 @@ final class Mutex<Value>: @unchecked Sendable {
         lock.deallocate()
     }
 
-    func withLock<Result, E: Error>(_ body: (inout Value) throws(E) -> Result) throws(E) -> Result {
+    func withLock<Result: ~Copyable, E: Error>(_ body: (inout Value) throws(E) -> Result) throws(E) -> Result {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         return try body(&value)
