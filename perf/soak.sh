@@ -103,22 +103,24 @@ set output "$ROOT/perf/results/$NAME.png"
 set datafile separator "\t"
 set key outside right top vertical
 set grid ytics
+set lmargin 9
+set rmargin 24
 set multiplot layout 2,1 title "rathole soak, $STARTED, $MINUTES min (shared 2-core machine)"
 set ylabel "count"
 set yrange [0:*]
-plot "$WORK/samples.tsv" every ::1 using 1:4 with linespoints pt 7 ps 0.4 title "server fds", \
-     "" every ::1 using 1:7 with linespoints pt 7 ps 0.4 title "client fds", \
-     "" every ::1 using 1:5 with lines dt 2 title "server pipes", \
-     "" every ::1 using 1:8 with lines dt 2 title "client pipes"
+plot "$WORK/samples.tsv" skip 1 using 1:4 with linespoints pt 7 ps 0.4 title "server fds", \
+     "" skip 1 using 1:7 with linespoints pt 7 ps 0.4 title "client fds", \
+     "" skip 1 using 1:5 with lines dt 2 title "server pipe fds", \
+     "" skip 1 using 1:8 with lines dt 2 title "client pipe fds"
 set xlabel "minute"
 set ylabel "RSS (MB)"
 set y2label "visitors / min"
 set y2tics
 set yrange [0:*]
 set y2range [0:*]
-plot "$WORK/samples.tsv" every ::1 using 1:(\$6/1024) with linespoints pt 7 ps 0.4 title "server RSS", \
-     "" every ::1 using 1:(\$9/1024) with linespoints pt 7 ps 0.4 title "client RSS", \
-     "" every ::1 using 1:2 axes x1y2 with lines lc rgb "#999999" title "visitors"
+plot "$WORK/samples.tsv" skip 1 using 1:(\$6/1024) with linespoints pt 7 ps 0.4 title "server RSS", \
+     "" skip 1 using 1:(\$9/1024) with linespoints pt 7 ps 0.4 title "client RSS", \
+     "" skip 1 using 1:2 axes x1y2 with lines lw 1.5 lc rgb "#999999" title "visitors"
 unset multiplot
 GP
 
@@ -145,7 +147,7 @@ GP
     echo
     echo "Per minute, sampled with the load paused and the pool settled (the client restarted after minute $((MINUTES / 2)))."
     echo
-    echo "| minute | visitors | MB checked | server fds | server pipes | server RSS MB | client fds | client pipes | client RSS MB | refused | wrong |"
+    echo "| minute | visitors | MB checked | server fds | server pipe fds | server RSS MB | client fds | client pipe fds | client RSS MB | refused | wrong |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|"
     awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %.1f | %s | %s | %.1f | %s | %s |\n", $1, $2, $3, $4, $5, $6/1024, $7, $8, $9/1024, $10, $11 }' "$WORK/samples.tsv"
 } >"$OUT"
