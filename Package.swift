@@ -5,6 +5,8 @@ let package = Package(
     name: "rathole",
     products: [
         .executable(name: "rathole", targets: ["rathole"]),
+        // The parsers, for the fuzzers' package in Tests/Fuzz (built only by scripts/fuzz).
+        .library(name: "RatholeParsers", targets: ["ControlPlane", "Noise", "TLS"]),
     ],
     traits: [
         // The HTTP API and Prometheus metrics (Hummingbird, SwiftNIO: about 8 MiB of the binary).

@@ -51,19 +51,13 @@ struct ProxyConnector {
         let credentials = proxy.username.map { ($0, proxy.password?.value ?? "") }
         try await send(socket, credentials == nil ? [5, 1, 0] : [5, 2, 0, 2], timeout: timeout)
         let choice = try await receive(socket, 2, timeout: timeout)
-        guard choice[0] == 5 else { throw .refused("not a SOCKS5 proxy") }
-        switch choice[1] {
-        case 0:
-            break
-        case 2:
-            guard let (user, password) = credentials else { throw .refused("the proxy wants a username and password") }
+        if try checked(target, { () throws(ProxyReplyError) in try Socks5Reply.methodChoice(choice, offeredPassword: credentials != nil) }),
+           let (user, password) = credentials {
             let u = Array(user.utf8), p = Array(password.utf8)
             guard u.count < 256, p.count < 256 else { throw .refused("username or password longer than 255 bytes") }
             try await send(socket, [1, UInt8(u.count)] + u + [UInt8(p.count)] + p, timeout: timeout)
             let status = try await receive(socket, 2, timeout: timeout)
-            guard status[1] == 0 else { throw .refused("the proxy rejected the username/password") }
-        default:
-            throw .refused("the proxy accepts none of our authentication methods")
+            try checked(target) { () throws(ProxyReplyError) in try Socks5Reply.checkPasswordStatus(status) }
         }
 
         var request: [UInt8] = [5, 1, 0]
@@ -80,31 +74,19 @@ struct ProxyConnector {
         request += [UInt8(target.port >> 8), UInt8(target.port & 0xFF)]
         try await send(socket, request, timeout: timeout)
 
-        let head = try await receive(socket, 4, timeout: timeout)
-        guard head[0] == 5 else { throw .refused("malformed SOCKS5 reply") }
-        guard head[1] == 0 else { throw .refused("the proxy could not connect to \(target): \(Self.socksReply(head[1]))") }
-        let addressLength: Int
-        switch head[3] {
-        case 1: addressLength = 4
-        case 4: addressLength = 16
-        case 3: addressLength = Int(try await receive(socket, 1, timeout: timeout)[0])
-        default: throw .refused("malformed SOCKS5 reply (address type \(head[3]))")
+        // Exactly the reply, however long its address: what follows is the target's.
+        var reply: [UInt8] = []
+        while true {
+            let needed = try checked(target) { () throws(ProxyReplyError) in try Socks5Reply.bytesNeeded(reply) }
+            if needed == 0 { return }
+            reply += try await receive(socket, needed, timeout: timeout)
         }
-        _ = try await receive(socket, addressLength + 2, timeout: timeout)
     }
 
-    private static func socksReply(_ code: UInt8) -> String {
-        switch code {
-        case 1: return "general failure"
-        case 2: return "not allowed by the proxy's rules"
-        case 3: return "network unreachable"
-        case 4: return "host unreachable"
-        case 5: return "connection refused"
-        case 6: return "TTL expired"
-        case 7: return "command not supported"
-        case 8: return "address type not supported"
-        default: return "error \(code)"
-        }
+    /// Runs a reply check; its error becomes the proxy's refusal, naming the target.
+    @discardableResult
+    private func checked<R>(_ target: HostPort, _ body: () throws(ProxyReplyError) -> R) throws(Failure) -> R {
+        do { return try body() } catch { throw .refused(error.message(target: target)) }
     }
 
     // MARK: HTTP CONNECT
@@ -120,16 +102,10 @@ struct ProxyConnector {
 
         // Read the response head byte by byte: nothing past it belongs to the proxy.
         var head: [UInt8] = []
-        while !(head.count >= 4 && head.suffix(4).elementsEqual([13, 10, 13, 10])) {
-            guard head.count < 16 * 1024 else { throw .refused("response head longer than 16 KiB") }
+        while try !checked(target, { () throws(ProxyReplyError) in try HTTPConnectReply.isComplete(head) }) {
             head += try await receive(socket, 1, timeout: timeout)
         }
-        let statusLine = String(decoding: head.prefix { $0 != 13 }, as: UTF8.self)
-        let parts = statusLine.split(separator: " ", maxSplits: 2)
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/"), let code = Int(parts[1]) else {
-            throw .refused("not an HTTP proxy (answered \"\(statusLine)\")")
-        }
-        guard (200..<300).contains(code) else { throw .refused("CONNECT \(target) refused: \(statusLine)") }
+        try checked(target) { () throws(ProxyReplyError) in try HTTPConnectReply.check(head) }
     }
 }
 

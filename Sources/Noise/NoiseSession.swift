@@ -221,8 +221,10 @@ public final class NoiseSession {
             if have < NoiseConstants.frameHeaderLength {
                 need = NoiseConstants.frameHeaderLength - have
             } else {
-                let p = pending! + pendingStart
-                need = NoiseConstants.frameHeaderLength + Self.readLength(p) - have
+                let length = Self.readLength(pending! + pendingStart)
+                // Refused as soon as the length is known, as in step 2, whatever the split.
+                guard length >= NoiseConstants.tagLength else { throw fail(.malformedMessage("transport message shorter than its tag")) }
+                need = NoiseConstants.frameHeaderLength + length - have
             }
             let take = min(need, inputCount - consumed)
             if take == 0 { return (consumed, written) }

@@ -178,6 +178,52 @@ final class ConfigErrorTests: XCTestCase {
         XCTAssertTrue(dup?.description.hasPrefix("dup.toml: invalid TOML at line 3") ?? false, dup?.description ?? "")
     }
 
+    /// Fuzzer finds (config target, Tests/Fuzz/corpus/config/regression-*): toml++ (inside
+    /// TOMLKit) asserts, aborting rathole in debug builds, when a table header's name starts with
+    /// anything but a name character or a quote ("[`", "[.a]", "[=", "[" then the line's end), and
+    /// on a control character there. TOML allows neither (nor any control character but tab, LF
+    /// and CR), so TOMLPrecheck refuses them first, with line and column.
+    func testWhatTOMLPlusPlusAssertsOnIsRefusedBeforeIt() {
+        let cases: [(String, String)] = [
+            ("n=\"\"\n[\u{15}", "line 2, column 2: control character U+0015 is not allowed"),
+            ("[\u{7F}]", "line 1, column 2: control character U+007F is not allowed"),
+            ("a=1\n[ \u{1}]", "line 2, column 3: control character U+0001 is not allowed"),
+            ("[server]\nbind_addr = \"é\u{1B}\"", "line 2, column 15: control character U+001B is not allowed"),
+            ("[`er", "line 1, column 2: expected a table name after '[', found '`'"),
+            ("# c\n  [ .server]", "line 2, column 5: expected a table name after '[', found '.'"),
+            ("[[=]]", "line 1, column 3: expected a table name after '[', found '='"),
+            ("[server]\n[\n", "line 2, column 2: expected a table name after '[', found the end of the line"),
+            ("[é]", "line 1, column 2: expected a table name after '[', found a non-ASCII character"),
+            ("\u{FEFF}[`ebind", "line 1, column 2: expected a table name after '[', found '`'"),
+        ]
+        for (toml, expected) in cases {
+            let e = parseError(toml, file: "ctl.toml")
+            XCTAssertEqual(e?.key, nil)
+            XCTAssertEqual(e?.description, "ctl.toml: invalid TOML at \(expected)", toml.debugDescription)
+        }
+        // Valid TOML where such bytes are not a table header is parsed as before: arrays of
+        // arrays and inline tables over several lines, strings and comments holding "[=".
+        let valid = #"""
+            [server]
+            bind_addr = "0.0.0.0:1"
+            default_token = """
+            [=
+            a "quoted" \""" text"""
+            y = '''[=
+            [=''''' # five quotes: the content ends in two
+            x = [
+              [{ a = 1 }],
+              [ "]" ], # [=
+            ]
+            z = '[=' # ]
+            [ "server" . 'services' . web ]
+            bind_addr = "0.0.0.0:2"
+            """#
+        let e = parseError(valid, file: "ok.toml")
+        XCTAssertEqual(e?.description, "ok.toml: server.x: unknown key (expected one of: bind_addr, default_token, heartbeat_interval, transport, services)")
+        XCTAssertNoThrow(try Config.parse(minimalServer.replacingOccurrences(of: "\n", with: "\r\n") + "\t# tab\r\n", file: "crlf.toml"))
+    }
+
     func testModeSelection() throws {
         let s = try Config.parse(minimalServer, file: "s.toml")
         XCTAssertEqual(try s.mode(forced: nil), .server)

@@ -125,6 +125,28 @@ final class WebSocketCodecTests: XCTestCase {
         XCTAssertThrowsError(try WebSocketHandshake.checkRequest(Array("GET / HTTP/1.1\r\n\r\n".utf8)))
     }
 
+    /// Fuzzer find (websocket-upgrade target, Tests/Fuzz/corpus/websocket-upgrade/regression-*):
+    /// a bare CR or LF inside the request line (kept by the head parser, which splits on CRLF)
+    /// went into the refusal, so a stranger's request logged several lines. Shown as '?'.
+    func testRefusalsOfBareCRorLFHeadsAreOneLine() {
+        let found = Array("GET / HTTP/1t\rosH\n1.: 127.0.0.1:2334\r\nConnection: Upgrade\r\n\r\n".utf8)
+        XCTAssertThrowsError(try WebSocketHandshake.checkRequest(found)) {
+            XCTAssertEqual($0 as? WebSocketHandshakeError, .malformed("request line \"GET / HTTP/1t?osH?1.: 127.0.0.1:2334\""))
+        }
+        let heads = ["GET / HTTP/1.1\nX\r\nHost: h\r\n\r\n", "GET / HTTP/1.1\r\nBad\rName: x\r\n\r\n",
+                     "GET / HTTP/1.1\rX\r\n\r\n", "GET / HTTP/1.\n1\r\n\r\n"]
+        for head in heads {
+            XCTAssertThrowsError(try WebSocketHandshake.checkRequest(Array(head.utf8))) {
+                let line = "\($0)"
+                XCTAssertFalse(line.contains("\n") || line.contains("\r"), line.debugDescription)
+            }
+        }
+        let response = Array("HTTP/1.1 200 O\nK\r\n\r\n".utf8)
+        XCTAssertThrowsError(try WebSocketHandshake.checkResponse(response, key: "x")) {
+            XCTAssertEqual($0 as? WebSocketHandshakeError, .refused("the server answered \"HTTP/1.1 200 O?K\""))
+        }
+    }
+
     func testClientChecksTheResponseAsUpstream() throws {
         let key = "dGhlIHNhbXBsZSBub25jZQ=="
         let ok = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
@@ -290,6 +312,22 @@ final class WebSocketCodecTests: XCTestCase {
         refused([0x89, 0xFE, 0, 126] + key + [UInt8](repeating: 0, count: 126), .controlFrameTooLarge(126))
         refused([0x80, 0x81] + key + [0], .continuationWithoutMessage)
         refused([0x02, 0x81] + key + [0, 0x82, 0x81] + key + [0], .messageInterrupted)
+    }
+
+    /// Fuzzer find (websocket-frames target): a control frame whose 64-bit length field is 2^63 or
+    /// more trapped converting the length to Int for the error, so one stranger's 14 bytes took
+    /// the whole server down. Refused like any other oversized control frame.
+    func testControlFrameWithHugeLengthIsRefused() {
+        let key: [UInt8] = [0x89, 0x89, 0x89, 0x89]
+        for length: UInt64 in [1 << 63, UInt64.max, 0x8989_8989_8989_8989] {
+            let field = (0..<8).map { UInt8(truncatingIfNeeded: length >> (56 - 8 * UInt64($0))) }
+            for (opcode, peerMasks) in [(0x89, true), (0x88, false), (0x8A, true)] {
+                let bytes = [UInt8(opcode), peerMasks ? 0xFF : 0x7F] + field + (peerMasks ? key : [])
+                XCTAssertThrowsError(try decodeStream(bytes, peerMasks: peerMasks, pieces: [bytes.count])) {
+                    XCTAssertEqual($0 as? WebSocketFrameError, .controlFrameTooLarge(length))
+                }
+            }
+        }
     }
 
     /// Fragments each within the frame limit, adding up to more than a message may hold: refused

@@ -151,7 +151,9 @@ final class HostileInputTests: EndToEndCase {
             XCTAssertEqual(t.server.fdCount, baseline)
         }
         // rss/data: before, peak of round 1, peak of round 2. Measured: about 9 KiB of RSS per
-        // pending handshake (debug build), and nothing more in the second round.
+        // pending handshake (debug build), and nothing more in the second round. Under a sanitizer
+        // the memory is its allocator's and shadow's, not ours: the fds above are the check there.
+        if ProcessInfo.processInfo.environment["RATHOLE_SANITIZER"] != nil { return assertStillForwards(t, visitorsSoFar: 1) }
         let perConnection = (rss[1] - rss[0]) / count
         XCTAssertLessThan(perConnection, 32, "RSS KiB per pending handshake (RSS \(rss))")
         XCTAssertLessThan(rss[2] - rss[1], 1024, "the second round added RSS KiB instead of reusing the first's (RSS \(rss))")

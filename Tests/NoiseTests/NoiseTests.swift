@@ -164,6 +164,33 @@ final class NoiseTests: XCTestCase {
             guard case .malformedMessage = error as? NoiseError else { return XCTFail("\(error)") }
         }
 
+        // Fuzzer find (noise-handshake target, Tests/Fuzz/corpus/noise-handshake/regression-*):
+        // a length below the tag size was refused at once when its header arrived with the frame,
+        // but waited for the whole frame when the header was already buffered (after the last
+        // handshake message, or cut off by a read), so the same bytes failed or hung by split.
+        // Refused as soon as the header is whole, however the bytes arrive.
+        for pieces in [[[0x03, 0x00, 0x28]], [[0x03], [0x00], [0x28]], [[0x03, 0x00], [0x28]]] as [[[UInt8]]] {
+            let (_, r3) = try connectedPair(responderStatic: server)
+            var outcome: NoiseError?
+            for piece in pieces where outcome == nil {
+                do { _ = try r3.open(piece) } catch { outcome = error }
+            }
+            XCTAssertEqual(outcome, .malformedMessage("transport message shorter than its tag"), "pieces \(pieces)")
+        }
+        do {
+            // The recorded NK client's first message, then a 3-byte frame's header and one byte.
+            let serverKey = try NoiseKeyPair(base64PrivateKey: "9loWbcY+DQrEXYfQcYwVqKdvttfzU5vz+1Jku0vs8nI=")
+            let responder = try NoiseSession(role: .responder, localStaticKey: serverKey)
+            let first = hex("3000") + hex(
+                "5a15004930bd2a3045731ee19a0568a0ee15c1631b5b78ddb229547fd44c697f635a9b80ecaf79c4f37abda02057fe66")
+            XCTAssertEqual(try responder.readHandshakeMessage(first + [0x03, 0x00, 0x28]), 1)
+            _ = try responder.nextHandshakeMessage()
+            XCTAssertTrue(responder.isHandshakeComplete)
+            XCTAssertThrowsError(try responder.open([])) {
+                XCTAssertEqual($0 as? NoiseError, .malformedMessage("transport message shorter than its tag"))
+            }
+        }
+
         // A tampered handshake message.
         let i = try NoiseSession(role: .initiator, remoteStaticKey: server.publicKey)
         let resp = try NoiseSession(role: .responder, localStaticKey: server)

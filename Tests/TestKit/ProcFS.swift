@@ -137,7 +137,7 @@ public enum ProcFS {
     public static func statusKiB(pid: pid_t, _ field: String) -> Int? {
         guard let text = readWhole("/proc/\(pid)/status") else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
-            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+            return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "")
         }
         return nil
     }

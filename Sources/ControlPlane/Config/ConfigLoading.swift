@@ -16,6 +16,9 @@ extension Config {
         guard !text.utf8.contains(0) else {
             throw ConfigError(file: file, key: nil, message: "the file contains a NUL byte")
         }
+        if let f = TOMLPrecheck.check(text) {
+            throw ConfigError(file: file, key: nil, message: "invalid TOML at line \(f.line), column \(f.column): \(f.message)")
+        }
         let root: TOMLTable
         do {
             root = try TOMLTable(string: text)

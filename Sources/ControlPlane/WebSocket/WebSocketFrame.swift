@@ -13,7 +13,7 @@ public enum WebSocketFrameError: Error, Equatable, Sendable, CustomStringConvert
     case frameTooLarge(UInt64)
     case messageTooLarge(Int)
     case fragmentedControlFrame
-    case controlFrameTooLarge(Int)
+    case controlFrameTooLarge(UInt64)
     case continuationWithoutMessage
     case messageInterrupted
     /// The stream ended inside a frame or a fragmented message.

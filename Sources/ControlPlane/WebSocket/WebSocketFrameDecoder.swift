@@ -81,7 +81,7 @@ public struct WebSocketFrameDecoder: Sendable {
         let isControl = opcode & 0x8 != 0
         if isControl {
             if !fin { throw .fragmentedControlFrame }
-            if length > 125 { throw .controlFrameTooLarge(Int(length)) }
+            if length > 125 { throw .controlFrameTooLarge(length) }
         } else if length > UInt64(WebSocketFrame.maxFrameSize) {
             throw .frameTooLarge(length)
         }

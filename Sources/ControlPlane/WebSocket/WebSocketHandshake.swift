@@ -68,9 +68,9 @@ public enum WebSocketHandshake {
         let parsed = try Head(head, startsWith: "HTTP/")
         let parts = parsed.startLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count >= 2, parts[0] == "HTTP/1.1", parts[1].utf8.count == 3, let status = Int(parts[1]) else {
-            throw .malformed("status line \"\(parsed.startLine.prefix(80))\"")
+            throw .malformed("status line \"\(shown(parsed.startLine, 80))\"")
         }
-        guard status == 101 else { throw .refused("the server answered \"\(parsed.startLine.prefix(80))\"") }
+        guard status == 101 else { throw .refused("the server answered \"\(shown(parsed.startLine, 80))\"") }
         guard parsed["upgrade"]?.lowercased() == "websocket" else { throw .refused("no \"Upgrade: websocket\" in the response") }
         guard parsed.hasToken("connection", "upgrade") else { throw .refused("no \"Connection: Upgrade\" in the response") }
         guard parsed["sec-websocket-accept"] == acceptValue(key: key) else {
@@ -89,8 +89,8 @@ public enum WebSocketHandshake {
     public static func checkRequest(_ head: [UInt8]) throws(WebSocketHandshakeError) -> String {
         let parsed = try Head(head, startsWith: "GET ")
         let parts = parsed.startLine.split(separator: " ", omittingEmptySubsequences: false)
-        guard parts.count == 3, !parts[1].isEmpty else { throw .malformed("request line \"\(parsed.startLine.prefix(80))\"") }
-        guard parts[2] == "HTTP/1.1" else { throw .badRequest("HTTP version \(parts[2].prefix(16)), not HTTP/1.1") }
+        guard parts.count == 3, !parts[1].isEmpty else { throw .malformed("request line \"\(shown(parsed.startLine, 80))\"") }
+        guard parts[2] == "HTTP/1.1" else { throw .badRequest("HTTP version \(shown(parts[2], 16)), not HTTP/1.1") }
         guard parsed.hasToken("connection", "upgrade") else { throw .badRequest("no \"Connection: Upgrade\"") }
         guard parsed["upgrade"]?.lowercased() == "websocket" else { throw .badRequest("no \"Upgrade: websocket\"") }
         guard parsed["sec-websocket-version"] == "13" else { throw .badRequest("no \"Sec-WebSocket-Version: 13\"") }
@@ -166,7 +166,7 @@ public enum WebSocketHandshake {
                 guard let colon = line.firstIndex(of: ":") else { throw .malformed("header line without a colon") }
                 let name = line[..<colon]
                 guard !name.isEmpty, !name.contains(" "), !name.contains("\t") else {
-                    throw .malformed("header name \"\(name.prefix(40))\"")
+                    throw .malformed("header name \"\(shown(name, 40))\"")
                 }
                 let value = line[line.index(after: colon)...].trimmingSpaces
                 fields.append((name.lowercased(), String(value)))
@@ -198,6 +198,12 @@ public enum WebSocketHandshake {
         }
         return String(decoding: out, as: UTF8.self)
     }
+}
+
+/// Peer text as an error shows it: at most `limit` characters, a bare CR or LF inside a line
+/// (kept by the head parser) as '?', so that one refusal stays one log line.
+private func shown(_ text: Substring, _ limit: Int) -> String {
+    String(text.prefix(limit).map { $0 == "\r" || $0 == "\n" || $0 == "\r\n" ? "?" : $0 })
 }
 
 extension Substring {
