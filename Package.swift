@@ -6,7 +6,7 @@ let package = Package(
     products: [
         .executable(name: "rathole", targets: ["rathole"]),
         // The parsers, for the fuzzers' package in Tests/Fuzz (built only by scripts/fuzz).
-        .library(name: "RatholeParsers", targets: ["ControlPlane", "Noise", "TLS"]),
+        .library(name: "RatholeParsers", targets: ["ControlPlane", "Noise", "TLS", "AdminAPIBodies"]),
     ],
     traits: [
         // The HTTP API and Prometheus metrics (Hummingbird, SwiftNIO: about 8 MiB of the binary).
@@ -56,12 +56,20 @@ let package = Package(
             // resolution, and link Foundation and ICU: 42 MB more.
             swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
-        // The HTTP API: routing, JSON bodies, auth, the Prometheus text. Served by HummingbirdCore
+        // The HTTP API's bodies: its JSON, service definitions, path segments and token check. Pure
+        // (bytes in, values out), apart from the server so the fuzzers build it without SwiftNIO.
+        .target(
+            name: "AdminAPIBodies",
+            dependencies: ["ControlPlane"],
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
+        ),
+        // The HTTP API: routing, auth, the Prometheus text. Served by HummingbirdCore
         // (Hummingbird's HTTP server without its router, file I/O and Foundation coders: 1.5 MiB
         // less) on one NIO event-loop thread of its own, off the io_uring workers.
         .target(
             name: "AdminAPI",
             dependencies: [
+                "AdminAPIBodies",
                 "ControlPlane",
                 "DataPlane",
                 .product(name: "HummingbirdCore", package: "hummingbird", condition: .when(traits: ["AdminAPI"])),
@@ -94,6 +102,6 @@ let package = Package(
         .testTarget(name: "TLSTests", dependencies: ["TLS"]),
         .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane", "TestKit"], exclude: ["Fixtures"]),
         .testTarget(name: "EndToEndTests", dependencies: ["DataPlane", "ControlPlane", "TestKit"]),
-        .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI", "ControlPlane"]),
+        .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI", "AdminAPIBodies", "ControlPlane"]),
     ]
 )

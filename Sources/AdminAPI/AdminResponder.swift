@@ -1,6 +1,7 @@
 // Built with the AdminAPI package trait only (the default).
 #if AdminAPI
 
+import AdminAPIBodies
 import ControlPlane
 import HTTPTypes
 import HummingbirdCore
@@ -27,7 +28,7 @@ struct AdminResponder: Sendable {
             let failure = error as? APIError
                 ?? ((error as? NIOTooManyBytesError) != nil ? APIError(413, "the body is larger than \(Self.maxBody) bytes") : nil)
                 ?? APIError(500, "internal error: \(error)")
-            note = "(\(failure.field.map { "\($0): " } ?? "")\(failure.message))"
+            note = "(\(failure.summary))"
             var extra: HTTPFields = [:]
             if failure.status == 401 { extra[.wwwAuthenticate] = "Bearer" }
             if let allow = failure.allow { extra[.allow] = allow }
@@ -62,7 +63,7 @@ struct AdminResponder: Sendable {
             guard method == .get else { throw Self.notAllowed("GET") }
             return Self.json(ServiceJSON.render(await instance.serviceStatuses(), mode: instance.mode))
         }
-        guard path.hasPrefix(Self.services + "/"), let name = Self.percentDecoded(path.dropFirst(Self.services.count + 1)) else {
+        guard path.hasPrefix(Self.services + "/"), let name = ServiceJSON.percentDecoded(path.dropFirst(Self.services.count + 1)) else {
             throw APIError(404, "no such endpoint (see docs/openapi.yaml)")
         }
         try ServiceJSON.checkName(name)
@@ -109,29 +110,6 @@ struct AdminResponder: Sendable {
         return Response(status: HTTPResponse.Status(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: text + "\n")))
     }
 
-    /// A path segment with its %XX escapes decoded; nil when they are malformed, not UTF-8, or the
-    /// segment holds a '/'.
-    static func percentDecoded(_ segment: Substring) -> String? {
-        var bytes: [UInt8] = []
-        var i = segment.utf8.startIndex
-        let utf8 = segment.utf8
-        while i < utf8.endIndex {
-            let b = utf8[i]
-            if b == UInt8(ascii: "/") { return nil }
-            if b == UInt8(ascii: "%") {
-                let hi = utf8.index(after: i)
-                guard hi < utf8.endIndex, utf8.index(after: hi) < utf8.endIndex,
-                      let value = UInt8(String(decoding: [utf8[hi], utf8[utf8.index(after: hi)]], as: UTF8.self), radix: 16)
-                else { return nil }
-                bytes.append(value)
-                i = utf8.index(hi, offsetBy: 2)
-            } else {
-                bytes.append(b)
-                i = utf8.index(after: i)
-            }
-        }
-        return String(validating: bytes, as: UTF8.self)
-    }
 }
 
 #endif

@@ -1,6 +1,7 @@
 // Built with the AdminAPI package trait only (the default).
 #if AdminAPI
 
+import AdminAPIBodies
 import ControlPlane
 import DataPlane
 import HummingbirdCore

@@ -220,8 +220,24 @@ final class ConfigErrorTests: XCTestCase {
             bind_addr = "0.0.0.0:2"
             """#
         let e = parseError(valid, file: "ok.toml")
-        XCTAssertEqual(e?.description, "ok.toml: server.x: unknown key (expected one of: bind_addr, default_token, heartbeat_interval, transport, services)")
+        XCTAssertEqual(e?.description, "ok.toml: server.x: unknown key (expected one of: bind_addr, default_token, heartbeat_interval, transport, services, api)")
         XCTAssertNoThrow(try Config.parse(minimalServer.replacingOccurrences(of: "\n", with: "\r\n") + "\t# tab\r\n", file: "crlf.toml"))
+    }
+
+    /// A value quoted into an error can hold a newline (a TOML escape, or a string in an API body);
+    /// the error is still one line (api-body fuzz target find).
+    func testQuotedValuesWithControlCharactersStayOneLine() {
+        let toml = """
+            [server]
+            bind_addr = "0.0.0.0:2333"
+            [server.services."a\\nb"]
+            token = "t"
+            bind_addr = "5.0\\nx\\u0001:8080"
+            """
+        let e = parseError(toml)
+        XCTAssertEqual(e?.key, #"server.services."a\nb".bind_addr"#)
+        XCTAssertEqual(e.map { "\($0)".contains("\n") }, false, "\(String(describing: e))")
+        XCTAssertEqual(e.map { "\($0)".contains(#""5.0\nx\u{1}:8080""#) }, true, "\(String(describing: e))")
     }
 
     func testModeSelection() throws {

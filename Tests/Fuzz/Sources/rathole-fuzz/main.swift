@@ -16,6 +16,7 @@ let targets: [FuzzTarget] = [
     tlsTarget,
     configTarget,
     addressesTarget,
+    apiBodyTarget,
 ]
 
 nonisolated(unsafe) var selected: FuzzTarget?

@@ -1,12 +1,9 @@
-// Built with the AdminAPI package trait only (the default).
-#if AdminAPI
-
 // The JSON of the API's bodies: a strict parser (RFC 8259: one value, no trailing commas, no
 // duplicate keys, bounded depth) that says where the input went wrong, and a writer. Pure: bytes in,
 // values out. Kept here rather than taken from Foundation: the API must reject unknown and
 // duplicate fields by name, which Codable's decoders do not report.
 
-enum JSON: Equatable, Sendable {
+public enum JSON: Equatable, Sendable {
     case null
     case bool(Bool)
     /// An integer that fits in Int; other numbers are `.number`.
@@ -17,7 +14,7 @@ enum JSON: Equatable, Sendable {
     /// Members in the order they came.
     case object([(String, JSON)])
 
-    static func == (a: JSON, b: JSON) -> Bool {
+    public static func == (a: JSON, b: JSON) -> Bool {
         switch (a, b) {
         case (.null, .null): return true
         case let (.bool(x), .bool(y)): return x == y
@@ -31,7 +28,7 @@ enum JSON: Equatable, Sendable {
     }
 
     /// What kind of value this is, for messages ("expected a string, found an array").
-    var kind: String {
+    public var kind: String {
         switch self {
         case .null: return "null"
         case .bool: return "a boolean"
@@ -43,18 +40,18 @@ enum JSON: Equatable, Sendable {
     }
 }
 
-struct JSONError: Error, Equatable, CustomStringConvertible {
-    var message: String
+public struct JSONError: Error, Equatable, CustomStringConvertible {
+    public var message: String
     /// Byte offset in the input.
-    var offset: Int
-    var description: String { "\(message) at byte \(offset)" }
+    public var offset: Int
+    public var description: String { "\(message) at byte \(offset)" }
 }
 
 extension JSON {
-    static let maxDepth = 32
+    public static let maxDepth = 32
 
     /// Parses one JSON text (UTF-8).
-    static func parse(_ bytes: [UInt8]) throws(JSONError) -> JSON {
+    public static func parse(_ bytes: [UInt8]) throws(JSONError) -> JSON {
         var p = JSONParser(bytes: bytes)
         p.skipSpace()
         let value = try p.value(depth: 0)
@@ -111,7 +108,7 @@ private struct JSONParser {
             let start = at
             let key = try string()
             if members.contains(where: { $0.0 == key }) {
-                throw JSONError(message: "duplicate field \"\(key)\"", offset: start)
+                throw JSONError(message: "duplicate field \(JSONObjectWriter.quoted(key))", offset: start)
             }
             skipSpace()
             guard peek == UInt8(ascii: ":") else { throw fail("expected ':' after a member name") }
@@ -231,9 +228,11 @@ private struct JSONParser {
 // MARK: Writing
 
 /// Builds a JSON object's text member by member.
-struct JSONObjectWriter {
+public struct JSONObjectWriter {
     private(set) var text = "{"
     private var first = true
+
+    public init() {}
 
     private mutating func key(_ name: String) {
         if !first { text += "," }
@@ -241,31 +240,31 @@ struct JSONObjectWriter {
         text += JSONObjectWriter.quoted(name) + ":"
     }
 
-    mutating func add(_ name: String, _ value: String?) {
+    public mutating func add(_ name: String, _ value: String?) {
         key(name)
         text += value.map(JSONObjectWriter.quoted) ?? "null"
     }
 
-    mutating func add(_ name: String, _ value: Bool) {
+    public mutating func add(_ name: String, _ value: Bool) {
         key(name)
         text += value ? "true" : "false"
     }
 
-    mutating func add(_ name: String, _ value: some BinaryInteger) {
+    public mutating func add(_ name: String, _ value: some BinaryInteger) {
         key(name)
         text += String(value)
     }
 
     /// A member whose value is already JSON text.
-    mutating func add(_ name: String, raw: String) {
+    public mutating func add(_ name: String, raw: String) {
         key(name)
         text += raw
     }
 
-    func finished() -> String { text + "}" }
+    public func finished() -> String { text + "}" }
 
     /// A JSON string literal.
-    static func quoted(_ s: String) -> String {
+    public static func quoted(_ s: String) -> String {
         var out = "\""
         for u in s.unicodeScalars {
             switch u {
@@ -287,4 +286,3 @@ struct JSONObjectWriter {
     }
 }
 
-#endif

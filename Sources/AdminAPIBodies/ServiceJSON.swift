@@ -1,24 +1,32 @@
-// Built with the AdminAPI package trait only (the default).
+// Built with the AdminAPI package trait only (the default): it speaks ControlPlane's API types.
 #if AdminAPI
 
 import ControlPlane
 
 /// A request the API refuses: the status, one line saying why, and the field at fault if any.
-struct APIError: Error, Equatable {
-    var status: Int
-    var message: String
-    var field: String?
+public struct APIError: Error, Equatable {
+    public var status: Int
+    public var message: String
+    public var field: String?
     /// For 405: the methods the path takes.
-    var allow: String?
+    public var allow: String?
 
-    init(_ status: Int, _ message: String, field: String? = nil, allow: String? = nil) {
+    public init(_ status: Int, _ message: String, field: String? = nil, allow: String? = nil) {
         self.status = status
         self.message = message
         self.field = field
         self.allow = allow
     }
 
-    var json: String {
+    /// The refusal as one log line: the field at fault (quoted when it holds control characters:
+    /// it is a caller's key) and why.
+    public var summary: String {
+        guard let field else { return message }
+        let shown = field.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F } ? JSONObjectWriter.quoted(field) : field
+        return "\(shown): \(message)"
+    }
+
+    public var json: String {
         var w = JSONObjectWriter()
         w.add("error", field.map { "\($0): \(message)" } ?? message)
         w.add("field", field)
@@ -27,11 +35,11 @@ struct APIError: Error, Equatable {
 }
 
 /// The JSON bodies of the services endpoints, on either side of the tunnel.
-enum ServiceJSON {
-    enum Kind { case string, bool, integer }
+public enum ServiceJSON {
+    public enum Kind { case string, bool, integer }
 
     /// The fields a PUT body may have on each side, in the order the config file gets them.
-    static func fields(_ mode: Mode) -> [(name: String, kind: Kind)] {
+    public static func fields(_ mode: Mode) -> [(name: String, kind: Kind)] {
         switch mode {
         case .server:
             return [("type", .string), ("token", .string), ("bind_addr", .string), ("nodelay", .bool)]
@@ -41,11 +49,11 @@ enum ServiceJSON {
         }
     }
 
-    static let maxNameBytes = 128
+    public static let maxNameBytes = 128
 
     /// A service name from the URL: 1 to 128 bytes, no control characters (it goes into log
     /// lines, TOML keys and Prometheus labels).
-    static func checkName(_ name: String) throws(APIError) {
+    public static func checkName(_ name: String) throws(APIError) {
         guard !name.isEmpty, name.utf8.count <= maxNameBytes,
               !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
         else {
@@ -55,7 +63,7 @@ enum ServiceJSON {
 
     /// The service a PUT body defines, checked for its JSON shape here (unknown fields, types, the
     /// token); the values themselves are checked by the config's own parser.
-    static func definition(name: String, body: [UInt8], mode: Mode) throws(APIError) -> ServiceDefinition {
+    public static func definition(name: String, body: [UInt8], mode: Mode) throws(APIError) -> ServiceDefinition {
         let value: JSON
         do {
             value = try JSON.parse(body)
@@ -89,7 +97,7 @@ enum ServiceJSON {
     }
 
     /// One service as GET shows it. The token is never shown.
-    static func render(_ s: ServiceStatus, mode: Mode) -> String {
+    public static func render(_ s: ServiceStatus, mode: Mode) -> String {
         var w = JSONObjectWriter()
         w.add("name", s.name)
         w.add("type", s.type.rawValue)
@@ -108,11 +116,45 @@ enum ServiceJSON {
         return w.finished()
     }
 
-    static func render(_ all: [ServiceStatus], mode: Mode) -> String {
+    public static func render(_ all: [ServiceStatus], mode: Mode) -> String {
         var w = JSONObjectWriter()
         w.add("services", raw: "[" + all.map { render($0, mode: mode) }.joined(separator: ",") + "]")
         return w.finished()
     }
+
+    /// A path segment with its %XX escapes decoded; nil when they are malformed, not UTF-8, or the
+    /// segment holds a '/'.
+    public static func percentDecoded(_ segment: Substring) -> String? {
+        var bytes: [UInt8] = []
+        var i = segment.utf8.startIndex
+        let utf8 = segment.utf8
+        while i < utf8.endIndex {
+            let b = utf8[i]
+            if b == UInt8(ascii: "/") { return nil }
+            if b == UInt8(ascii: "%") {
+                let hi = utf8.index(after: i)
+                guard hi < utf8.endIndex, utf8.index(after: hi) < utf8.endIndex,
+                      let high = hexDigit(utf8[hi]), let low = hexDigit(utf8[utf8.index(after: hi)])
+                else { return nil }
+                bytes.append(high << 4 | low)
+                i = utf8.index(hi, offsetBy: 2)
+            } else {
+                bytes.append(b)
+                i = utf8.index(after: i)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexDigit(_ b: UInt8) -> UInt8? {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return b - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return b - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return b - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
 }
+
 
 #endif
