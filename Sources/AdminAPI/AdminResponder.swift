@@ -25,7 +25,8 @@ struct AdminResponder: Sendable {
         do {
             response = try await route(&request, note: &note)
         } catch {
-            let failure = error as? APIError
+            let failure =
+                error as? APIError
                 ?? ((error as? NIOTooManyBytesError) != nil ? APIError(413, "the body is larger than \(Self.maxBody) bytes") : nil)
                 ?? APIError(500, "internal error: \(error)")
             note = "(\(failure.summary))"
@@ -48,16 +49,19 @@ struct AdminResponder: Sendable {
         let method = request.method
         if path == "/healthz" {
             guard method == .get || method == .head else { throw Self.notAllowed("GET, HEAD") }
-            return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
         }
         guard token.accepts(request.headers[.authorization]) else {
             throw APIError(401, "missing or wrong token (send Authorization: Bearer <token>)")
         }
         if path == "/metrics" {
             guard method == .get else { throw Self.notAllowed("GET") }
-            let text = PrometheusText.render(services: await instance.serviceStatuses(),
-                                             failures: instance.metrics.handshakeFailures, process: ProcessStats.read())
-            return Response(status: .ok, headers: [.contentType: PrometheusText.contentType], body: .init(byteBuffer: ByteBuffer(string: text)))
+            let text = PrometheusText.render(
+                services: await instance.serviceStatuses(),
+                failures: instance.metrics.handshakeFailures, process: ProcessStats.read())
+            return Response(
+                status: .ok, headers: [.contentType: PrometheusText.contentType], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         if path == Self.services {
             guard method == .get else { throw Self.notAllowed("GET") }
@@ -107,7 +111,8 @@ struct AdminResponder: Sendable {
     static func json(_ text: String, status: Int = 200, extra: HTTPFields = [:]) -> Response {
         var headers: HTTPFields = [.contentType: "application/json"]
         headers.append(contentsOf: extra)
-        return Response(status: HTTPResponse.Status(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: text + "\n")))
+        return Response(
+            status: HTTPResponse.Status(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: text + "\n")))
     }
 
 }

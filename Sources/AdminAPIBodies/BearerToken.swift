@@ -11,7 +11,7 @@ public struct BearerToken: Sendable {
         let bytes = Array(header.utf8)
         let scheme = Array("bearer ".utf8)
         guard bytes.count >= scheme.count,
-              zip(bytes, scheme).allSatisfy({ Self.asciiLowercased($0) == $1 })
+            zip(bytes, scheme).allSatisfy({ Self.asciiLowercased($0) == $1 })
         else { return false }
         var offered = bytes[scheme.count...]
         while offered.first == UInt8(ascii: " ") { offered = offered.dropFirst() }
@@ -35,4 +35,3 @@ public struct BearerToken: Sendable {
         return difference == 0
     }
 }
-

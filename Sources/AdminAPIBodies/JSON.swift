@@ -217,8 +217,8 @@ private struct JSONParser {
 
     mutating func hex4() throws(JSONError) -> UInt32 {
         guard at + 4 <= bytes.count,
-              let v = UInt32(String(decoding: bytes[at..<(at + 4)], as: UTF8.self), radix: 16),
-              bytes[at..<(at + 4)].allSatisfy({ $0 != UInt8(ascii: "+") && $0 != UInt8(ascii: "-") })
+            let v = UInt32(String(decoding: bytes[at..<(at + 4)], as: UTF8.self), radix: 16),
+            bytes[at..<(at + 4)].allSatisfy({ $0 != UInt8(ascii: "+") && $0 != UInt8(ascii: "-") })
         else { throw fail("expected four hex digits after \\u") }
         at += 4
         return v
@@ -285,4 +285,3 @@ public struct JSONObjectWriter {
         return out + "\""
     }
 }
-

@@ -44,8 +44,10 @@ public enum ServiceJSON {
         case .server:
             return [("type", .string), ("token", .string), ("bind_addr", .string), ("nodelay", .bool)]
         case .client:
-            return [("type", .string), ("token", .string), ("local_addr", .string), ("nodelay", .bool),
-                    ("retry_interval", .integer), ("prefer_ipv6", .bool)]
+            return [
+                ("type", .string), ("token", .string), ("local_addr", .string), ("nodelay", .bool),
+                ("retry_interval", .integer), ("prefer_ipv6", .bool),
+            ]
         }
     }
 
@@ -55,7 +57,7 @@ public enum ServiceJSON {
     /// lines, TOML keys and Prometheus labels).
     public static func checkName(_ name: String) throws(APIError) {
         guard !name.isEmpty, name.utf8.count <= maxNameBytes,
-              !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
+            !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
         else {
             throw APIError(400, "a service name is 1 to \(maxNameBytes) bytes without control characters", field: "name")
         }
@@ -134,7 +136,7 @@ public enum ServiceJSON {
             if b == UInt8(ascii: "%") {
                 let hi = utf8.index(after: i)
                 guard hi < utf8.endIndex, utf8.index(after: hi) < utf8.endIndex,
-                      let high = hexDigit(utf8[hi]), let low = hexDigit(utf8[utf8.index(after: hi)])
+                    let high = hexDigit(utf8[hi]), let low = hexDigit(utf8[utf8.index(after: hi)])
                 else { return nil }
                 bytes.append(high << 4 | low)
                 i = utf8.index(hi, offsetBy: 2)
@@ -155,6 +157,5 @@ public enum ServiceJSON {
         }
     }
 }
-
 
 #endif

@@ -47,8 +47,10 @@ public final class Instance: Sendable {
 
     /// Loads the file and starts. Errors are one line naming the file and key. `onReload` hears
     /// of every reload (file change or `reload()`), before and after.
-    public init(path: String, forced: Mode?, group: RingGroup,
-                onReload: @escaping @Sendable (Instance, ReloadEvent) -> Void = { _, _ in }) throws(StartError) {
+    public init(
+        path: String, forced: Mode?, group: RingGroup,
+        onReload: @escaping @Sendable (Instance, ReloadEvent) -> Void = { _, _ in }
+    ) throws(StartError) {
         let config: Config
         do {
             config = try Config.load(path: path)
@@ -69,7 +71,9 @@ public final class Instance: Sendable {
         self.state = Mutex(state)
     }
 
-    private static func startServer(_ config: ServerConfig, group: RingGroup, logger: Logger, metrics: Metrics)
+    private static func startServer(
+        _ config: ServerConfig, group: RingGroup, logger: Logger, metrics: Metrics
+    )
         throws(StartError) -> Server
     {
         let server = try Server(config: config, group: group, logger: logger, metrics: metrics)
@@ -77,7 +81,9 @@ public final class Instance: Sendable {
         return server
     }
 
-    private static func startClient(_ config: ClientConfig, group: RingGroup, logger: Logger, metrics: Metrics)
+    private static func startClient(
+        _ config: ClientConfig, group: RingGroup, logger: Logger, metrics: Metrics
+    )
         throws(StartError) -> Client
     {
         let client = try Client(config: config, group: group, logger: logger, metrics: metrics)
@@ -197,7 +203,8 @@ public final class Instance: Sendable {
 
     private func apply(_ new: ClientConfig, over old: ClientConfig, _ client: Client) {
         if new.needsRestart(from: old) {
-            logger.info("client.remote_addr, client.transport, client.heartbeat_timeout or client.prefer_ipv6 changed: restarting the client")
+            logger.info(
+                "client.remote_addr, client.transport, client.heartbeat_timeout or client.prefer_ipv6 changed: restarting the client")
             do {
                 let fresh = try Self.startClient(new, group: group, logger: logger, metrics: metrics)
                 client.shutdown()

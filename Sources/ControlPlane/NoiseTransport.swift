@@ -56,8 +56,10 @@ struct NoiseTransport: Transport {
     }
 
     private func makeSession() throws(NoiseError) -> NoiseSecureSession {
-        NoiseSecureSession(try NoiseSession(protocol: noiseProtocol, role: role, localStaticKey: localKey,
-                                            remoteStaticKey: remoteKey))
+        NoiseSecureSession(
+            try NoiseSession(
+                protocol: noiseProtocol, role: role, localStaticKey: localKey,
+                remoteStaticKey: remoteKey))
     }
 }
 

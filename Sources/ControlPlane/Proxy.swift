@@ -52,7 +52,8 @@ struct ProxyConnector {
         try await send(socket, credentials == nil ? [5, 1, 0] : [5, 2, 0, 2], timeout: timeout)
         let choice = try await receive(socket, 2, timeout: timeout)
         if try checked(target, { () throws(ProxyReplyError) in try Socks5Reply.methodChoice(choice, offeredPassword: credentials != nil) }),
-           let (user, password) = credentials {
+            let (user, password) = credentials
+        {
             let u = Array(user.utf8), p = Array(password.utf8)
             guard u.count < 256, p.count < 256 else { throw .refused("username or password longer than 255 bytes") }
             try await send(socket, [1, UInt8(u.count)] + u + [UInt8(p.count)] + p, timeout: timeout)

@@ -178,8 +178,8 @@ public final class Server: Sendable {
     private static func dataChannelHelloArrived(_ socket: SocketStream) -> Digest? {
         withUnsafeTemporaryAllocation(byteCount: Hello.size, alignment: 8) { buffer -> Digest? in
             guard (try? socket.receiveNow(into: buffer, peek: true)) == Hello.size,
-                  case .dataChannel(let key)? = try? Hello(decodingPrefixOf: UnsafeRawBufferPointer(buffer)),
-                  (try? socket.receiveNow(into: buffer)) == Hello.size
+                case .dataChannel(let key)? = try? Hello(decodingPrefixOf: UnsafeRawBufferPointer(buffer)),
+                (try? socket.receiveNow(into: buffer)) == Hello.size
             else { return nil }
             return key
         }
@@ -242,7 +242,9 @@ public final class Server: Sendable {
         }
     }
 
-    private func greet(_ socket: SocketStream, ring: RingExecutor, peer: @Sendable () -> String, deadline: ContinuousClock.Instant)
+    private func greet(
+        _ socket: SocketStream, ring: RingExecutor, peer: @Sendable () -> String, deadline: ContinuousClock.Instant
+    )
         async throws(ControlError) -> Greeting
     {
         let stream: ByteStream

@@ -176,7 +176,8 @@ actor ServerHub {
                 let closed = entry.channels.sweep(now: now)
                 if closed > 0 {
                     let patience = entry.channels.limits.patience
-                    logger.info("service \(entry.config.name): \(closed) visitor(s) got no data channel within \(patience.secondsText); closed")
+                    logger.info(
+                        "service \(entry.config.name): \(closed) visitor(s) got no data channel within \(patience.secondsText); closed")
                 }
             }
         }

@@ -19,7 +19,9 @@ extension Server {
                 if service.nodelay { try listener.setNoDelay(true) }
                 bound = listener
             } catch {
-                logger.error("service \(service.name): cannot listen on \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s")
+                logger.error(
+                    "service \(service.name): cannot listen on \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s"
+                )
                 if !attempted { onFirstBind() }
                 attempted = true
                 do { try await ring.sleep(for: .seconds(5)) } catch { return }
@@ -59,7 +61,9 @@ extension Server {
     /// Forwards a visitor over an idle data channel, or leaves it waiting in the pool for the next
     /// channel to arrive. Idle channels that died meanwhile are dropped on the way. Returns the
     /// forwarding still to do when it needs a task (an encrypted channel's copy relay).
-    func place(_ visitor: WaitingVisitor, of entry: ServiceEntry, ring: RingExecutor, first: Bool = false)
+    func place(
+        _ visitor: WaitingVisitor, of entry: ServiceEntry, ring: RingExecutor, first: Bool = false
+    )
         -> (@Sendable () async -> Void)?
     {
         while true {
@@ -86,7 +90,9 @@ extension Server {
     /// A data channel just arrived for a waiting visitor: forwards the first visitor still there,
     /// or keeps the channel idle when they all left. Returns the forwarding still to do when it
     /// needs a task.
-    func forward(_ waiting: WaitingVisitor, over channel: PooledChannel, of entry: ServiceEntry, ring: RingExecutor)
+    func forward(
+        _ waiting: WaitingVisitor, over channel: PooledChannel, of entry: ServiceEntry, ring: RingExecutor
+    )
         -> (@Sendable () async -> Void)?
     {
         var next: WaitingVisitor? = waiting

@@ -105,7 +105,9 @@ extension Instance {
     /// Writes service `name`'s table (`fields`, or none to remove it) into the config file, when
     /// the file does not say so already. `change` is what the edit must do to the file's config;
     /// the edited text is parsed back and must give exactly that, or nothing is written.
-    private func write(_ name: String, _ fields: [ServiceDefinition.Field]?, change: (inout Config) -> Void)
+    private func write(
+        _ name: String, _ fields: [ServiceDefinition.Field]?, change: (inout Config) -> Void
+    )
         throws(ServiceEditError)
     {
         let text: String

@@ -4,7 +4,9 @@ import DataPlane
 extension ByteStream {
     /// Reads one fixed-size protocol message, giving up after `timeout` without a byte, or when
     /// `deadline` (for the whole message) passes.
-    func readMessage<M: WireMessage>(_ type: M.Type, timeout: Duration? = nil, deadline: ContinuousClock.Instant? = nil)
+    func readMessage<M: WireMessage>(
+        _ type: M.Type, timeout: Duration? = nil, deadline: ContinuousClock.Instant? = nil
+    )
         async throws(ControlError) -> M
     {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: M.size, alignment: 8)

@@ -13,8 +13,9 @@ struct TLSTransport: Transport {
             throw StartError("server.transport.tls: pkcs12 and pkcs12_password are required for type = \"tls\"")
         }
         do {
-            return TLSTransport(tcp: TCPTransport(options: config.tcp),
-                                server: try TLSServerContext(pkcs12Path: path, password: password.value), client: nil)
+            return TLSTransport(
+                tcp: TCPTransport(options: config.tcp),
+                server: try TLSServerContext(pkcs12Path: path, password: password.value), client: nil)
         } catch {
             throw StartError("server.transport.tls: \(error)")
         }
@@ -22,8 +23,9 @@ struct TLSTransport: Transport {
 
     static func client(_ config: TransportConfig, hostname: String, tcp: TCPTransport) throws(StartError) -> TLSTransport {
         do {
-            return TLSTransport(tcp: tcp, server: nil,
-                                client: try TLSClientContext(trustedRootPath: config.tls?.trustedRoot, hostname: hostname))
+            return TLSTransport(
+                tcp: tcp, server: nil,
+                client: try TLSClientContext(trustedRootPath: config.tls?.trustedRoot, hostname: hostname))
         } catch {
             throw StartError("client.transport.tls: \(error)")
         }

@@ -21,9 +21,10 @@ extension Files {
         let temporary = "\(directory)/.\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
         let mode = info.st_mode & 0o7777
         do throws(IOError) {
-            let file = FileDescriptor(adopting: try systemCall("create \(temporary)") {
-                open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-            })
+            let file = FileDescriptor(
+                adopting: try systemCall("create \(temporary)") {
+                    open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+                })
             // The mode given to open is filtered by the umask: set it exactly.
             _ = try systemCall("fchmod \(temporary)") { fchmod(file.rawValue, mode) }
             if getuid() == 0 { _ = try systemCall("fchown \(temporary)") { fchown(file.rawValue, info.st_uid, info.st_gid) } }

@@ -94,7 +94,8 @@ public func systemCall<Result: BinaryInteger>(_ operation: @autoclosure () -> St
 
 /// `systemCall` for non-blocking calls: nil when the call would block.
 @inline(__always)
-public func nonBlockingCall<Result: BinaryInteger>(_ operation: @autoclosure () -> String, _ call: () -> Result) throws(IOError) -> Result? {
+public func nonBlockingCall<Result: BinaryInteger>(_ operation: @autoclosure () -> String, _ call: () -> Result) throws(IOError) -> Result?
+{
     do {
         return try systemCall(operation(), call)
     } catch .system(.wouldBlock, _) {

@@ -46,8 +46,10 @@ extension RingExecutor {
     /// Starts relaying between two connected non-blocking sockets, which the relay now owns and
     /// closes when it ends. `onEnd` runs once, on this ring's thread. Call on the ring thread.
     @discardableResult
-    public func startRelay(_ a: consuming FileDescriptor, _ b: consuming FileDescriptor,
-                           onEnd: @escaping (RelayResult) -> Void) -> RelayHandle {
+    public func startRelay(
+        _ a: consuming FileDescriptor, _ b: consuming FileDescriptor,
+        onEnd: @escaping (RelayResult) -> Void
+    ) -> RelayHandle {
         precondition(isCurrent, "startRelay must be called on the ring thread")
         let (slot, userData) = slots.allocate()
         start(slot: slot, userData: userData, a.release(), b.release(), onEnd: onEnd)
@@ -70,8 +72,10 @@ extension RingExecutor {
         }
     }
 
-    private func start(slot: UnsafeMutablePointer<OpSlot>, userData: UInt64, _ a: Int32, _ b: Int32,
-                       onEnd: @escaping (RelayResult) -> Void) {
+    private func start(
+        slot: UnsafeMutablePointer<OpSlot>, userData: UInt64, _ a: Int32, _ b: Int32,
+        onEnd: @escaping (RelayResult) -> Void
+    ) {
         slot.pointee.waiter = .callback { onEnd(RelayResult($0)) }
         guard let relay = rr_relay_start(rawRing, a, b, userData) else {
             Glibc.close(a)

@@ -5,8 +5,10 @@ import Synchronization
 /// framed streams). The relay is tracked in `connections` until it ends, so that its owner can
 /// stop it. A splice relay runs on in the ring after this returns and reports through `onEnd`; a
 /// copy relay runs in the calling task and returns when it is done.
-public func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, tracking connections: ConnectionSet,
-                  onEnd: (@Sendable (RelayResult) -> Void)? = nil) async {
+public func relay(
+    _ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, tracking connections: ConnectionSet,
+    onEnd: (@Sendable (RelayResult) -> Void)? = nil
+) async {
     if let sa = a as? SocketStream, let sb = b as? SocketStream {
         try? await ring.onRing { () async throws(IOError) in
             startSplice(sa, sb, on: ring, tracking: connections, onEnd: onEnd)
@@ -21,8 +23,10 @@ public func relay(_ a: ByteStream, _ b: ByteStream, on ring: RingExecutor, track
 
 /// Starts splicing two sockets on `ring` (call on its thread); both are closed when the relay
 /// ends. A socket already closed ends the relay at once, with EBADF.
-public func startSplice(_ a: SocketStream, _ b: SocketStream, on ring: RingExecutor, tracking connections: ConnectionSet,
-                        onEnd: (@Sendable (RelayResult) -> Void)? = nil) {
+public func startSplice(
+    _ a: SocketStream, _ b: SocketStream, on ring: RingExecutor, tracking connections: ConnectionSet,
+    onEnd: (@Sendable (RelayResult) -> Void)? = nil
+) {
     guard let fa = a.detach() else {
         b.close()
         onEnd?(RelayResult(error: .badFileDescriptor))

@@ -53,11 +53,13 @@ final class Resolver: Sendable {
         pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
         defer { pthread_attr_destroy(&attributes) }
         var thread = pthread_t()
-        let rc = pthread_create(&thread, &attributes, { raw in
-            let resolver = Unmanaged<Resolver>.fromOpaque(raw!).takeRetainedValue()
-            rr_set_thread_name("rathole-resolve")
-            while true { resolver.nextJob()() }
-        }, context)
+        let rc = pthread_create(
+            &thread, &attributes,
+            { raw in
+                let resolver = Unmanaged<Resolver>.fromOpaque(raw!).takeRetainedValue()
+                rr_set_thread_name("rathole-resolve")
+                while true { resolver.nextJob()() }
+            }, context)
         if rc != 0 {
             // No thread to be had: run the job here rather than lose it.
             Unmanaged<Resolver>.fromOpaque(context).release()

@@ -1,7 +1,7 @@
 /// State that belongs to one ring and is only ever touched on its thread (in the manner of
 /// swift-nio's NIOLoopBound): the value can be shared with other threads, reading or writing it
 /// there is a bug that debug builds stop at.
-public final class RingBound<Value>: @unchecked Sendable {   // the one place that vouches for ring confinement
+public final class RingBound<Value>: @unchecked Sendable {  // the one place that vouches for ring confinement
     public let ring: RingExecutor
     private var stored: Value
 

@@ -71,7 +71,7 @@ public func withTimeout<T: Sendable, E: Error>(
                 try await ring.sleep(for: timeout)
                 return .failure(timedOut)
             } catch {
-                return nil   // cancelled because the body finished first
+                return nil  // cancelled because the body finished first
             }
         }
         var first: Result<T, E>?

@@ -25,11 +25,11 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
     private var runningJobs: [QueuedJob] = []
     /// The serial executor of actors that live on this ring.
     public private(set) var serial: RingSerialExecutor!
-    var slots = SlotTable()                       // ring thread
-    lazy var bufferPool = BufferPool()            // ring thread
+    var slots = SlotTable()  // ring thread
+    lazy var bufferPool = BufferPool()  // ring thread
     private var completions: UnsafeMutablePointer<rr_completion>
     private static let completionBatch = 256
-    private var stopping = false                  // ring thread
+    private var stopping = false  // ring thread
     private var thread = pthread_t()
 
     // Shared with other threads.
@@ -62,11 +62,13 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
         // Create the ring on its own thread (SINGLE_ISSUER requires the creating thread to submit).
         let startup = StartupBox(entries: entries, maxLentPipes: maxLentPipes)
         let context = Unmanaged.passRetained(ThreadContext(executor: self, startup: startup)).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let context = Unmanaged<ThreadContext>.fromOpaque(raw!).takeRetainedValue()
-            context.executor.threadMain(context.startup)
-            return nil
-        }, context)
+        let rc = pthread_create(
+            &thread, nil,
+            { raw in
+                let context = Unmanaged<ThreadContext>.fromOpaque(raw!).takeRetainedValue()
+                context.executor.threadMain(context.startup)
+                return nil
+            }, context)
         guard rc == 0 else { throw .system(Errno(rc), operation: "pthread_create") }
         startup.waitUntilReady()
         if let err = startup.error {

@@ -24,4 +24,3 @@ public final class RingGroup: Sendable {
 
     public func shutdown() { executors.forEach { $0.shutdown() } }
 }
-

@@ -74,7 +74,7 @@ extension RingExecutor {
         if let relay = slot.pointee.relay {
             rr_relay_stop(rawRing, relay)
         } else if slot.pointee.waiter == nil {
-            slot.pointee.cancelRequested = true   // not submitted yet: the submitter cancels it
+            slot.pointee.cancelRequested = true  // not submitted yet: the submitter cancels it
         } else {
             submitCancel(of: userData)
         }

@@ -49,9 +49,10 @@ public final class ServiceNotifier: Sendable {
             throw .address(error)
         }
         do {
-            socket = FileDescriptor(adopting: try systemCall("socket(AF_UNIX)") {
-                Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-            })
+            socket = FileDescriptor(
+                adopting: try systemCall("socket(AF_UNIX)") {
+                    Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+                })
         } catch {
             throw .socket(error)
         }
@@ -80,8 +81,9 @@ public final class ServiceNotifier: Sendable {
         _ = try systemCall("sendto NOTIFY_SOCKET") {
             payload.withUnsafeBytes { data in
                 address.withUnsafeBytes { addr in
-                    sendto(socket.rawValue, data.baseAddress, data.count, Int32(MSG_NOSIGNAL),
-                           addr.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count))
+                    sendto(
+                        socket.rawValue, data.baseAddress, data.count, Int32(MSG_NOSIGNAL),
+                        addr.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count))
                 }
             }
         }

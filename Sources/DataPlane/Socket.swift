@@ -14,13 +14,16 @@ public enum Socket {
 
     /// A new non-blocking, close-on-exec TCP socket for `family`.
     static func tcp(family: Int32) throws(IOError) -> FileDescriptor {
-        FileDescriptor(adopting: try systemCall("socket") {
-            socket(family, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        })
+        FileDescriptor(
+            adopting: try systemCall("socket") {
+                socket(family, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            })
     }
 
     /// Connects a new socket to `address` on `ring`, giving up after `timeout`.
-    public static func connect(to address: SocketAddress, on ring: RingExecutor, timeout: Duration? = nil)
+    public static func connect(
+        to address: SocketAddress, on ring: RingExecutor, timeout: Duration? = nil
+    )
         async throws(IOError) -> SocketStream
     {
         let socket = try tcp(family: address.family)

@@ -21,8 +21,14 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         var s = sockaddr_in6()
         let family = raw.load(as: sa_family_t.self)
         switch Int32(family) {
-        case AF_INET: withUnsafeMutableBytes(of: &s) { $0.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: MemoryLayout<sockaddr_in>.size)) }
-        case AF_INET6: withUnsafeMutableBytes(of: &s) { $0.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: MemoryLayout<sockaddr_in6>.size)) }
+        case AF_INET:
+            withUnsafeMutableBytes(of: &s) {
+                $0.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: MemoryLayout<sockaddr_in>.size))
+            }
+        case AF_INET6:
+            withUnsafeMutableBytes(of: &s) {
+                $0.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: MemoryLayout<sockaddr_in6>.size))
+            }
         default: return nil
         }
         storage = s
@@ -59,9 +65,11 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     public var description: String { isIPv6 ? "[\(ipString)]:\(port)" : "\(ipString):\(port)" }
 
     public static func == (a: SocketAddress, b: SocketAddress) -> Bool {
-        withUnsafeBytes(of: a.storage) { x in withUnsafeBytes(of: b.storage) { y in
-            x.prefix(Int(a.length)).elementsEqual(y.prefix(Int(b.length)))
-        } }
+        withUnsafeBytes(of: a.storage) { x in
+            withUnsafeBytes(of: b.storage) { y in
+                x.prefix(Int(a.length)).elementsEqual(y.prefix(Int(b.length)))
+            }
+        }
     }
 
     public func hash(into hasher: inout Hasher) {

@@ -3,7 +3,7 @@ import Glibc
 /// A counting wake-up between plain threads (a pthread condition with its count): `wait` blocks
 /// until a `signal` that no earlier `wait` consumed. For threads that are not tasks: the ring
 /// threads' start-up, the resolver's threads, the main thread waiting for the runtime.
-public final class ThreadSignal: @unchecked Sendable {   // the pthread objects are only touched under `mutex`
+public final class ThreadSignal: @unchecked Sendable {  // the pthread objects are only touched under `mutex`
     private var mutex = pthread_mutex_t()
     private var condition = pthread_cond_t()
     private var pending = 0

@@ -27,9 +27,11 @@ public final class UDPSocket: Sendable {
     }
 
     private static func open(family: Int32) throws(IOError) -> UDPSocket {
-        let socket = UDPSocket(FileDescriptor(adopting: try systemCall("socket udp") {
-            Glibc.socket(family, Int32(SOCK_DGRAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        }))
+        let socket = UDPSocket(
+            FileDescriptor(
+                adopting: try systemCall("socket udp") {
+                    Glibc.socket(family, Int32(SOCK_DGRAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)
+                }))
         for (forced, plain) in [(SO_RCVBUFFORCE, SO_RCVBUF), (SO_SNDBUFFORCE, SO_SNDBUF)] {
             // Without CAP_NET_ADMIN the FORCE variants are refused; the plain ones are capped by rmem_max.
             do {
@@ -86,8 +88,10 @@ extension SocketAddress {
     public var ipv6Halves: (high: UInt64, low: UInt64)? {
         guard isIPv6 else { return nil }
         return withUnsafeBytes(of: storage.sin6_addr) {
-            (UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
-             UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+            (
+                UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            )
         }
     }
 }

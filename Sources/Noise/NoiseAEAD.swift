@@ -100,14 +100,17 @@ final class NoiseAEAD {
     /// Writes plaintext.count + 16 bytes to `out` (which may be the plaintext's own memory) and
     /// returns that count.
     @inline(__always)
-    func encrypt(nonce n: UInt64, ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
-                 into out: UnsafeMutableRawPointer) -> Int {
+    func encrypt(
+        nonce n: UInt64, ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
+        into out: UnsafeMutableRawPointer
+    ) -> Int {
         let output = out.assumingMemoryBound(to: UInt8.self)
         let count = plaintext.count
         var length: Int32 = 0
         var ok = false
         if let ctx = start(n, encrypting: true), Self.authenticate(ctx, ad) {
-            ok = count == 0
+            ok =
+                count == 0
                 || EVP_CipherUpdate(ctx, output, &length, plaintext.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(count)) == 1
             ok = ok && EVP_CipherFinal_ex(ctx, output + count, &length) == 1
             ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, Int32(NoiseConstants.tagLength), output + count) == 1
@@ -120,8 +123,10 @@ final class NoiseAEAD {
     /// memory) and returns that count; nil when the tag does not verify, and then nothing of the
     /// plaintext is left in `out`. `ciphertext` holds at least the 16-byte tag.
     @inline(__always)
-    func decrypt(nonce n: UInt64, ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
-                 into out: UnsafeMutableRawPointer) -> Int? {
+    func decrypt(
+        nonce n: UInt64, ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+        into out: UnsafeMutableRawPointer
+    ) -> Int? {
         let output = out.assumingMemoryBound(to: UInt8.self)
         let input = ciphertext.baseAddress!.assumingMemoryBound(to: UInt8.self)
         let count = ciphertext.count - NoiseConstants.tagLength
@@ -129,8 +134,10 @@ final class NoiseAEAD {
         var ok = false
         if let ctx = start(n, encrypting: false), Self.authenticate(ctx, ad) {
             // The tag lies past the plaintext even in place; OpenSSL takes it before decrypting.
-            ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, Int32(NoiseConstants.tagLength),
-                                     UnsafeMutableRawPointer(mutating: input + count)) == 1
+            ok =
+                EVP_CIPHER_CTX_ctrl(
+                    ctx, EVP_CTRL_AEAD_SET_TAG, Int32(NoiseConstants.tagLength),
+                    UnsafeMutableRawPointer(mutating: input + count)) == 1
             ok = ok && (count == 0 || EVP_CipherUpdate(ctx, output, &length, input, Int32(count)) == 1)
             ok = ok && EVP_CipherFinal_ex(ctx, output + count, &length) == 1
         }

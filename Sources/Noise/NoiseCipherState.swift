@@ -44,8 +44,10 @@ public final class NoiseCipherState {
     /// (or plaintext.count when there is no key: then the plaintext is copied as is). `out` may be
     /// the plaintext's own memory. Returns the number of bytes written.
     @inline(__always)
-    public func encrypt(ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
-                        into out: UnsafeMutableRawPointer) throws(NoiseError) -> Int {
+    public func encrypt(
+        ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
+        into out: UnsafeMutableRawPointer
+    ) throws(NoiseError) -> Int {
         guard let aead else {
             if let src = plaintext.baseAddress, plaintext.count > 0 { out.copyMemory(from: src, byteCount: plaintext.count) }
             return plaintext.count
@@ -61,8 +63,10 @@ public final class NoiseCipherState {
     /// (ciphertext.count without a key). `out` may be the ciphertext's own memory. On a bad tag throws
     /// `.decryptFailed` and leaves n unchanged. Returns the number of plaintext bytes.
     @inline(__always)
-    public func decrypt(ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
-                        into out: UnsafeMutableRawPointer) throws(NoiseError) -> Int {
+    public func decrypt(
+        ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+        into out: UnsafeMutableRawPointer
+    ) throws(NoiseError) -> Int {
         guard let aead else {
             if let src = ciphertext.baseAddress, ciphertext.count > 0 { out.copyMemory(from: src, byteCount: ciphertext.count) }
             return ciphertext.count
@@ -114,8 +118,9 @@ public final class NoiseCipherState {
         var block = [UInt8](repeating: 0, count: NoiseConstants.keyLength + NoiseConstants.tagLength)
         block.withUnsafeMutableBytes { b in
             let zeros = UnsafeRawBufferPointer(start: b.baseAddress, count: NoiseConstants.keyLength)
-            _ = aead.encrypt(nonce: UInt64.max, ad: UnsafeRawBufferPointer(start: nil, count: 0),
-                             plaintext: zeros, into: b.baseAddress!)
+            _ = aead.encrypt(
+                nonce: UInt64.max, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                plaintext: zeros, into: b.baseAddress!)
             self.aead = NoiseAEAD(cipher: cipher, key: b.baseAddress!)
         }
         noiseZero(&block)

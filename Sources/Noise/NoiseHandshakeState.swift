@@ -29,9 +29,11 @@ public final class NoiseHandshakeState {
     ///     transmit the peer's key learn it from the handshake (see `remoteStaticKey`).
     ///   - fixedEphemeral: an ephemeral key pair to use instead of a fresh random one. Only for test
     ///     vectors: reusing an ephemeral key destroys the security of the handshake.
-    public init(protocol noiseProtocol: NoiseProtocol, role: NoiseRole, prologue: [UInt8] = [],
-                localStatic: NoiseKeyPair? = nil, remoteStatic: [UInt8]? = nil,
-                fixedEphemeral: NoiseKeyPair? = nil) throws(NoiseError) {
+    public init(
+        protocol noiseProtocol: NoiseProtocol, role: NoiseRole, prologue: [UInt8] = [],
+        localStatic: NoiseKeyPair? = nil, remoteStatic: [UInt8]? = nil,
+        fixedEphemeral: NoiseKeyPair? = nil
+    ) throws(NoiseError) {
         let pattern = noiseProtocol.pattern
         let side = role == .initiator ? "initiator" : "responder"
         if pattern.needsLocalStatic(role) && localStatic == nil {
@@ -48,8 +50,9 @@ public final class NoiseHandshakeState {
         }
         self.noiseProtocol = noiseProtocol
         self.role = role
-        self.symmetric = NoiseSymmetricState(protocolName: noiseProtocol.name, cipher: noiseProtocol.cipher,
-                                             hash: noiseProtocol.hash)
+        self.symmetric = NoiseSymmetricState(
+            protocolName: noiseProtocol.name, cipher: noiseProtocol.cipher,
+            hash: noiseProtocol.hash)
         self.s = pattern.needsLocalStatic(role) ? localStatic : nil
         self.rs = needsRemote ? remoteStatic : nil
         self.fixedEphemeral = fixedEphemeral
@@ -85,8 +88,10 @@ public final class NoiseHandshakeState {
         if failed { throw .invalidState("the handshake failed earlier") }
         if isComplete { throw .invalidState("the handshake is already complete") }
         if writing != isMyTurnToWrite {
-            throw .invalidState(writing ? "it is the peer's turn to send a handshake message"
-                                        : "it is our turn to send a handshake message")
+            throw .invalidState(
+                writing
+                    ? "it is the peer's turn to send a handshake message"
+                    : "it is our turn to send a handshake message")
         }
     }
 
@@ -149,7 +154,7 @@ public final class NoiseHandshakeState {
                 throw .malformedMessage("handshake message of \(message.count) bytes is too short for \(what)")
             }
             defer { offset += n }
-            return Array(message[offset ..< offset + n])
+            return Array(message[offset..<offset + n])
         }
         for token in noiseProtocol.pattern.messages[messageIndex] {
             switch token {

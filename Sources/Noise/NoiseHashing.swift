@@ -32,9 +32,10 @@ extension NoiseHash {
             var written: UInt32 = 0
             let r = key.withUnsafeBytes { k in
                 data.withUnsafeBytes { d in
-                    HMAC(digest, k.baseAddress, Int32(k.count),
-                         d.baseAddress?.assumingMemoryBound(to: UInt8.self), d.count,
-                         out.baseAddress, &written)
+                    HMAC(
+                        digest, k.baseAddress, Int32(k.count),
+                        d.baseAddress?.assumingMemoryBound(to: UInt8.self), d.count,
+                        out.baseAddress, &written)
                 }
             }
             precondition(r != nil && written == UInt32(length), "OpenSSL: HMAC-\(rawValue) failed")

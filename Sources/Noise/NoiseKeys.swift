@@ -86,22 +86,26 @@ public enum NoiseKeys {
         while start < utf8.count, utf8[start] == 0x20 || utf8[start] == 0x0A || utf8[start] == 0x0D || utf8[start] == 0x09 { start += 1 }
         let trimmed = utf8[start...]
         if trimmed.isEmpty { return [] }
-        let variant = Int32(trimmed.contains(UInt8(ascii: "=")) ? sodium_base64_VARIANT_ORIGINAL
-                                                                  : sodium_base64_VARIANT_ORIGINAL_NO_PADDING)
+        let variant = Int32(
+            trimmed.contains(UInt8(ascii: "="))
+                ? sodium_base64_VARIANT_ORIGINAL
+                : sodium_base64_VARIANT_ORIGINAL_NO_PADDING)
         let capacity = trimmed.count / 4 * 3 + 3
         var out = [UInt8](repeating: 0, count: capacity)
         var binLen = 0
         var endPtr: UnsafePointer<CChar>? = nil
-        let ok: Bool = trimmed.withContiguousStorageIfAvailable { src -> Bool in
-            src.withMemoryRebound(to: CChar.self) { chars -> Bool in
-                let r = out.withUnsafeMutableBufferPointer { dst in
-                    sodium_base642bin(dst.baseAddress!, capacity, chars.baseAddress!, chars.count,
-                                      nil, &binLen, &endPtr, variant)
+        let ok: Bool =
+            trimmed.withContiguousStorageIfAvailable { src -> Bool in
+                src.withMemoryRebound(to: CChar.self) { chars -> Bool in
+                    let r = out.withUnsafeMutableBufferPointer { dst in
+                        sodium_base642bin(
+                            dst.baseAddress!, capacity, chars.baseAddress!, chars.count,
+                            nil, &binLen, &endPtr, variant)
+                    }
+                    // The whole text must have been consumed.
+                    return r == 0 && endPtr == chars.baseAddress! + chars.count
                 }
-                // The whole text must have been consumed.
-                return r == 0 && endPtr == chars.baseAddress! + chars.count
-            }
-        } ?? false
+            } ?? false
         guard ok else { return nil }
         out.removeSubrange(binLen...)
         return out

@@ -38,22 +38,28 @@ public final class NoiseSession {
     ///   - localStaticKey: this side's key pair (rathole's `local_private_key`), when the pattern needs it.
     ///   - remoteStaticKey: the peer's public key (rathole's `remote_public_key`), when the pattern needs it.
     ///   - prologue: rathole uses none.
-    public convenience init(protocolName: String = NoiseProtocol.defaultName, role: NoiseRole,
-                            localStaticKey: NoiseKeyPair? = nil, remoteStaticKey: [UInt8]? = nil,
-                            prologue: [UInt8] = []) throws(NoiseError) {
-        try self.init(protocol: NoiseProtocol(name: protocolName), role: role, localStaticKey: localStaticKey,
-                      remoteStaticKey: remoteStaticKey, prologue: prologue)
+    public convenience init(
+        protocolName: String = NoiseProtocol.defaultName, role: NoiseRole,
+        localStaticKey: NoiseKeyPair? = nil, remoteStaticKey: [UInt8]? = nil,
+        prologue: [UInt8] = []
+    ) throws(NoiseError) {
+        try self.init(
+            protocol: NoiseProtocol(name: protocolName), role: role, localStaticKey: localStaticKey,
+            remoteStaticKey: remoteStaticKey, prologue: prologue)
     }
 
     /// As above, with a parsed protocol. `fixedEphemeral` replaces the random ephemeral key: for test
     /// vectors only (a reused ephemeral key breaks the handshake's security).
-    public init(protocol noiseProtocol: NoiseProtocol, role: NoiseRole, localStaticKey: NoiseKeyPair? = nil,
-                remoteStaticKey: [UInt8]? = nil, prologue: [UInt8] = [],
-                fixedEphemeral: NoiseKeyPair? = nil) throws(NoiseError) {
+    public init(
+        protocol noiseProtocol: NoiseProtocol, role: NoiseRole, localStaticKey: NoiseKeyPair? = nil,
+        remoteStaticKey: [UInt8]? = nil, prologue: [UInt8] = [],
+        fixedEphemeral: NoiseKeyPair? = nil
+    ) throws(NoiseError) {
         self.role = role
-        self.handshake = try NoiseHandshakeState(protocol: noiseProtocol, role: role, prologue: prologue,
-                                                 localStatic: localStaticKey, remoteStatic: remoteStaticKey,
-                                                 fixedEphemeral: fixedEphemeral)
+        self.handshake = try NoiseHandshakeState(
+            protocol: noiseProtocol, role: role, prologue: prologue,
+            localStatic: localStaticKey, remoteStatic: remoteStaticKey,
+            fixedEphemeral: fixedEphemeral)
     }
 
     deinit {
@@ -159,8 +165,9 @@ public final class NoiseSession {
             outBase.storeBytes(of: UInt8(truncatingIfNeeded: messageLength), toByteOffset: written, as: UInt8.self)
             outBase.storeBytes(of: UInt8(truncatingIfNeeded: messageLength >> 8), toByteOffset: written + 1, as: UInt8.self)
             do {
-                _ = try sender.encrypt(ad: noAD, plaintext: UnsafeRawBufferPointer(start: inBase + read, count: chunk),
-                                       into: outBase + written + NoiseConstants.frameHeaderLength)
+                _ = try sender.encrypt(
+                    ad: noAD, plaintext: UnsafeRawBufferPointer(start: inBase + read, count: chunk),
+                    into: outBase + written + NoiseConstants.frameHeaderLength)
             } catch { throw fail(error) }
             read += chunk
             written += NoiseConstants.frameHeaderLength + messageLength
@@ -188,7 +195,9 @@ public final class NoiseSession {
     /// fit in the space left in `out`: then `consumed < input.count`, and the caller passes
     /// `input[consumed...]` again later. With `out.count >= NoiseConstants.maxPlaintextLength` every
     /// call makes progress. A frame whose tag fails throws `.decryptFailed` (kill the connection).
-    public func open(_ input: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) throws(NoiseError) -> (consumed: Int, written: Int) {
+    public func open(
+        _ input: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer
+    ) throws(NoiseError) -> (consumed: Int, written: Int) {
         try checkAlive()
         guard let receiver else { throw .handshakeNotComplete }
         var consumed = 0
@@ -201,8 +210,9 @@ public final class NoiseSession {
             // A frame whose plaintext does not fit must wait for more space in `out`.
             guard length - NoiseConstants.tagLength <= out.count - written else { return false }
             do {
-                written += try receiver.decrypt(ad: noAD, ciphertext: UnsafeRawBufferPointer(start: base, count: length),
-                                                into: out.baseAddress! + written)
+                written += try receiver.decrypt(
+                    ad: noAD, ciphertext: UnsafeRawBufferPointer(start: base, count: length),
+                    into: out.baseAddress! + written)
             } catch { throw fail(error) }
             return true
         }
@@ -287,7 +297,6 @@ public final class NoiseSession {
         [UInt8(truncatingIfNeeded: length), UInt8(truncatingIfNeeded: length >> 8)]
     }
 
-
     /// The (offset, length) of the Noise message of the first buffered frame, if it is complete.
     private func completePendingFrame() -> (Int, Int)? {
         let have = pendingEnd - pendingStart
@@ -314,7 +323,8 @@ public final class NoiseSession {
                 // Enough room once the consumed prefix is dropped.
                 p.copyMemory(from: p + pendingStart, byteCount: live)
             } else {
-                let capacity = max(needed, min(2 * pendingCapacity, NoiseConstants.frameHeaderLength + NoiseConstants.maxMessageLength), 4096)
+                let capacity = max(
+                    needed, min(2 * pendingCapacity, NoiseConstants.frameHeaderLength + NoiseConstants.maxMessageLength), 4096)
                 let fresh = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
                 if let p = pending {
                     fresh.copyMemory(from: p + pendingStart, byteCount: live)

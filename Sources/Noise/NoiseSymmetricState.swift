@@ -86,7 +86,12 @@ public final class NoiseSymmetricState {
         var out = hash.hkdf(chainingKey: ck, inputKeyMaterial: [], outputs: 2)
         var k1 = Self.cipherKey(out[0])
         var k2 = Self.cipherKey(out[1])
-        defer { noiseZero(&out[0]); noiseZero(&out[1]); noiseZero(&k1); noiseZero(&k2) }
+        defer {
+            noiseZero(&out[0])
+            noiseZero(&out[1])
+            noiseZero(&k1)
+            noiseZero(&k2)
+        }
         return (NoiseCipherState(cipher: cipherState.cipher, key: k1), NoiseCipherState(cipher: cipherState.cipher, key: k2))
     }
 }

@@ -37,11 +37,13 @@ private final class TLSBlockCache {
     /// Gives back memory from `take`.
     static func give(_ block: UnsafeMutableRawPointer?, size: Int) {
         guard let block else { return }
-        let kept = size == blockSize && withCurrent { cache in
-            guard cache.blocks.count < capacity else { return false }
-            cache.blocks.append(block)
-            return true
-        }
+        let kept =
+            size == blockSize
+            && withCurrent { cache in
+                guard cache.blocks.count < capacity else { return false }
+                cache.blocks.append(block)
+                return true
+            }
         if !kept { free(block) }
     }
 }

@@ -36,7 +36,8 @@ public final class TLSServerContext: @unchecked Sendable {
         // Check the password against the MAC first: a wrong password then gets its own message
         // instead of a decryption error. An empty password may have been encoded as "no password".
         if PKCS12_mac_present(p12) == 1 {
-            let ok = PKCS12_verify_mac(p12, password, -1) == 1
+            let ok =
+                PKCS12_verify_mac(p12, password, -1) == 1
                 || (password.isEmpty && PKCS12_verify_mac(p12, nil, 0) == 1)
             if !ok {
                 ERR_clear_error()

@@ -11,40 +11,45 @@ private let tlsRetryFlags = BIO_FLAGS_READ | BIO_FLAGS_WRITE | BIO_FLAGS_IO_SPEC
 /// the BIO's data pointer, which holds a retained reference released when the BIO is freed.
 nonisolated(unsafe) private let tlsMemoryBIOMethod: OpaquePointer? = {
     guard let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "rathole tls io") else { return nil }
-    let ok = BIO_meth_set_write_ex(method) { bio, data, count, written in
-        BIO_clear_flags(bio, tlsRetryFlags)
-        guard let data, TLSMemoryBIO.withQueues(bio, { $0.append(data, count: count) }) else {
-            written?.pointee = 0
+    let ok =
+        BIO_meth_set_write_ex(method) { bio, data, count, written in
+            BIO_clear_flags(bio, tlsRetryFlags)
+            guard let data, TLSMemoryBIO.withQueues(bio, { $0.append(data, count: count) }) else {
+                written?.pointee = 0
+                return 0
+            }
+            written?.pointee = count
+            return 1
+        } == 1
+        && BIO_meth_set_read_ex(method) { bio, data, count, read in
+            BIO_clear_flags(bio, tlsRetryFlags)
+            guard let data else { return 0 }
+            let (n, ended) = TLSMemoryBIO.withQueues(bio) { ($0.read(into: data, count: count), $0.inputEnded) }
+            read?.pointee = n
+            if n > 0 { return 1 }
+            if !ended { BIO_set_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_SHOULD_RETRY) }
             return 0
-        }
-        written?.pointee = count
-        return 1
-    } == 1 && BIO_meth_set_read_ex(method) { bio, data, count, read in
-        BIO_clear_flags(bio, tlsRetryFlags)
-        guard let data else { return 0 }
-        let (n, ended) = TLSMemoryBIO.withQueues(bio) { ($0.read(into: data, count: count), $0.inputEnded) }
-        read?.pointee = n
-        if n > 0 { return 1 }
-        if !ended { BIO_set_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_SHOULD_RETRY) }
-        return 0
-    } == 1 && BIO_meth_set_ctrl(method) { bio, command, _, _ in
-        switch command {
-        case BIO_CTRL_FLUSH: return 1
-        case BIO_CTRL_PENDING: return TLSMemoryBIO.withQueues(bio) { $0.inputPending }
-        case BIO_CTRL_WPENDING: return TLSMemoryBIO.withQueues(bio) { $0.outputPending }
-        case BIO_CTRL_EOF: return TLSMemoryBIO.withQueues(bio) { $0.inputEnded && $0.inputPending == 0 } ? 1 : 0
-        default: return 0
-        }
-    } == 1 && BIO_meth_set_create(method) { bio in
-        BIO_set_init(bio, 1)
-        return 1
-    } == 1 && BIO_meth_set_destroy(method) { bio in
-        if let data = BIO_get_data(bio) {
-            Unmanaged<TLSByteQueues>.fromOpaque(data).release()
-            BIO_set_data(bio, nil)
-        }
-        return 1
-    } == 1
+        } == 1
+        && BIO_meth_set_ctrl(method) { bio, command, _, _ in
+            switch command {
+            case BIO_CTRL_FLUSH: return 1
+            case BIO_CTRL_PENDING: return TLSMemoryBIO.withQueues(bio) { $0.inputPending }
+            case BIO_CTRL_WPENDING: return TLSMemoryBIO.withQueues(bio) { $0.outputPending }
+            case BIO_CTRL_EOF: return TLSMemoryBIO.withQueues(bio) { $0.inputEnded && $0.inputPending == 0 } ? 1 : 0
+            default: return 0
+            }
+        } == 1
+        && BIO_meth_set_create(method) { bio in
+            BIO_set_init(bio, 1)
+            return 1
+        } == 1
+        && BIO_meth_set_destroy(method) { bio in
+            if let data = BIO_get_data(bio) {
+                Unmanaged<TLSByteQueues>.fromOpaque(data).release()
+                BIO_set_data(bio, nil)
+            }
+            return 1
+        } == 1
     guard ok else {
         BIO_meth_free(method)
         return nil

@@ -78,7 +78,8 @@ public final class TLSSession {
         if context.isIPAddress {
             configured = X509_VERIFY_PARAM_set1_ip_asc(param, context.verifyName) == 1
         } else {
-            configured = SSL_set1_host(ssl, context.verifyName) == 1
+            configured =
+                SSL_set1_host(ssl, context.verifyName) == 1
                 && rc_tls_set_sni(ssl, context.verifyName) == 1
         }
         guard configured else {

@@ -1,9 +1,10 @@
-#if AdminAPI
-import AdminAPI
-#endif
 import ControlPlane
 import Logging
 import Synchronization
+
+#if AdminAPI
+import AdminAPI
+#endif
 
 /// The HTTP API beside the instance, when this build has it (the `AdminAPI` package trait);
 /// without it, a configured `[server.api]` or `[client.api]` is reported and ignored.
@@ -30,7 +31,8 @@ final class AdminAPIHolder: Sendable {
         #else
         let table = instance.mode == .server ? instance.config.server?.api : instance.config.client?.api
         if table != nil {
-            instance.logger.warning("[\(instance.mode).api] is ignored: this rathole was built without the HTTP API (the AdminAPI package trait)")
+            instance.logger.warning(
+                "[\(instance.mode).api] is ignored: this rathole was built without the HTTP API (the AdminAPI package trait)")
         }
         #endif
     }

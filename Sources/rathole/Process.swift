@@ -1,10 +1,11 @@
-#if AdminAPI
-import AdminAPI
-#endif
 import ControlPlane
 import DataPlane
 import Glibc
 import Logging
+
+#if AdminAPI
+import AdminAPI
+#endif
 
 /// The process around one Instance: signals in, exit code out.
 enum Process {

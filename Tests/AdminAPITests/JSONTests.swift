@@ -21,9 +21,17 @@ final class JSONTests: XCTestCase {
     }
 
     func testValues() throws {
-        XCTAssertEqual(try parse(" {\"a\": [1, -2, 3.5, 1e3, true, false, null, \"x\\u00e9\\ud83d\\ude00\\n\"]} "),
-                       .object([("a", .array([.integer(1), .integer(-2), .number("3.5"), .number("1e3"), .bool(true),
-                                              .bool(false), .null, .string("xé😀\n")]))]))
+        XCTAssertEqual(
+            try parse(" {\"a\": [1, -2, 3.5, 1e3, true, false, null, \"x\\u00e9\\ud83d\\ude00\\n\"]} "),
+            .object([
+                (
+                    "a",
+                    .array([
+                        .integer(1), .integer(-2), .number("3.5"), .number("1e3"), .bool(true),
+                        .bool(false), .null, .string("xé😀\n"),
+                    ])
+                )
+            ]))
         XCTAssertEqual(try parse("\"\""), .string(""))
         XCTAssertEqual(try parse("99999999999999999999"), .number("99999999999999999999"))
     }
@@ -40,8 +48,9 @@ final class JSONTests: XCTestCase {
         XCTAssertNotNil(error("tru"))
         XCTAssertNotNil(error(""))
         XCTAssertNotNil(error("[1 2]"))
-        XCTAssertEqual(error(String(repeating: "[", count: 40) + String(repeating: "]", count: 40))?.message,
-                       "nested deeper than 32 levels")
+        XCTAssertEqual(
+            error(String(repeating: "[", count: 40) + String(repeating: "]", count: 40))?.message,
+            "nested deeper than 32 levels")
         XCTAssertNil(try? JSON.parse([0x22, 0xFF, 0x22]), "invalid UTF-8 in a string")
     }
 
@@ -53,7 +62,8 @@ final class JSONTests: XCTestCase {
         w.add("i", UInt64.max)
         XCTAssertEqual(w.finished(), #"{"s":"a\"b\\c\n\u0001","n":null,"b":true,"i":18446744073709551615}"#)
         let round = try? JSON.parse(Array(w.finished().utf8))
-        XCTAssertEqual(round, .object([("s", .string("a\"b\\c\n\u{01}")), ("n", .null), ("b", .bool(true)), ("i", .number("18446744073709551615"))]))
+        XCTAssertEqual(
+            round, .object([("s", .string("a\"b\\c\n\u{01}")), ("n", .null), ("b", .bool(true)), ("i", .number("18446744073709551615"))]))
     }
 }
 
@@ -115,7 +125,9 @@ final class AuthAndMetricsTextTests: XCTestCase {
         XCTAssertFalse(token.accepts("Bearer s3cret2"))
         XCTAssertFalse(token.accepts("Basic s3cret"))
         XCTAssertFalse(token.accepts("s3cret"))
-        XCTAssertFalse(token.accepts("bearer\u{0}s3cret"), "NUL is not a space (found writing the api-body fuzz target: the scheme was compared with the case bit set on every byte)")
+        XCTAssertFalse(
+            token.accepts("bearer\u{0}s3cret"),
+            "NUL is not a space (found writing the api-body fuzz target: the scheme was compared with the case bit set on every byte)")
         XCTAssertFalse(BearerToken.constantTimeEqual([1, 2], [1, 2, 0]))
         XCTAssertTrue(BearerToken.constantTimeEqual([], []))
     }

@@ -1,6 +1,7 @@
+import XCTest
+
 // The client's reconnection delays: doubling, capped, and spread at random.
 @testable import ControlPlane
-import XCTest
 
 final class BackoffTests: XCTestCase {
     /// A generator with a fixed seed (SplitMix64), so a failure can be replayed.

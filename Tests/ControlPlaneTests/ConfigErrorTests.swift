@@ -5,22 +5,26 @@ import XCTest
 
 final class ConfigErrorTests: XCTestCase {
     func testMissingToken() {
-        let e = parseError("""
+        let e = parseError(
+            """
             [client]
             remote_addr = "example.com:2333"
             [client.services.ssh]
             local_addr = "127.0.0.1:22"
             """, file: "server.toml")
-        XCTAssertEqual(e?.description,
-                       "server.toml: client.services.ssh.token: not set and client.default_token is not set either")
-        let s = parseError("""
+        XCTAssertEqual(
+            e?.description,
+            "server.toml: client.services.ssh.token: not set and client.default_token is not set either")
+        let s = parseError(
+            """
             [server]
             bind_addr = "0.0.0.0:2333"
             [server.services.web]
             bind_addr = "0.0.0.0:80"
             """)
-        XCTAssertEqual(s?.description,
-                       "rathole.toml: server.services.web.token: not set and server.default_token is not set either")
+        XCTAssertEqual(
+            s?.description,
+            "rathole.toml: server.services.web.token: not set and server.default_token is not set either")
     }
 
     func testUnknownKeys() {
@@ -38,8 +42,10 @@ final class ConfigErrorTests: XCTestCase {
             (minimalServer + "\n[server.transport.websocket]\ntls = false\npath = \"/\"\n", "server.transport.websocket.path"),
             (minimalServer + "\n[server.transport.quic]\n", "server.transport.quic"),
             (minimalClient + "\nheartbeat_interval = 3\n", "client.services.ssh.heartbeat_interval"),
-            (minimalClient.replacingOccurrences(of: "default_token", with: "heartbeat_interval = 1\ndefault_token"),
-             "client.heartbeat_interval"),
+            (
+                minimalClient.replacingOccurrences(of: "default_token", with: "heartbeat_interval = 1\ndefault_token"),
+                "client.heartbeat_interval"
+            ),
         ]
         for (toml, key) in cases {
             if key == "server.services.ssh.nodelay" {
@@ -48,52 +54,79 @@ final class ConfigErrorTests: XCTestCase {
             }
             let e = parseError(toml, file: "x.toml")
             XCTAssertEqual(e?.key, key)
-            XCTAssertTrue(e?.description.hasPrefix("x.toml: \(key): unknown key (expected one of: ") ?? false,
-                          e?.description ?? "no error")
+            XCTAssertTrue(
+                e?.description.hasPrefix("x.toml: \(key): unknown key (expected one of: ") ?? false,
+                e?.description ?? "no error")
         }
     }
 
     func testRequiredKeys() {
-        XCTAssertEqual(parseError("[server]\ndefault_token = \"t\"\n")?.description,
-                       "rathole.toml: server.bind_addr: required key is missing")
-        XCTAssertEqual(parseError("[client]\ndefault_token = \"t\"\n")?.description,
-                       "rathole.toml: client.remote_addr: required key is missing")
-        XCTAssertEqual(parseError(minimalServer.replacingOccurrences(of: "bind_addr = \"0.0.0.0:5202\"", with: "type = \"tcp\""))?.description,
-                       "rathole.toml: server.services.ssh.bind_addr: required key is missing")
-        XCTAssertEqual(parseError(minimalClient.replacingOccurrences(of: "local_addr", with: "token"))?.description,
-                       "rathole.toml: client.services.ssh.local_addr: required key is missing")
-        XCTAssertEqual(parseError(minimalServer + "\n[server.transport]\ntype = \"websocket\"\n[server.transport.websocket]\n")?.description,
-                       "rathole.toml: server.transport.websocket.tls: required key is missing")
+        XCTAssertEqual(
+            parseError("[server]\ndefault_token = \"t\"\n")?.description,
+            "rathole.toml: server.bind_addr: required key is missing")
+        XCTAssertEqual(
+            parseError("[client]\ndefault_token = \"t\"\n")?.description,
+            "rathole.toml: client.remote_addr: required key is missing")
+        XCTAssertEqual(
+            parseError(minimalServer.replacingOccurrences(of: "bind_addr = \"0.0.0.0:5202\"", with: "type = \"tcp\""))?.description,
+            "rathole.toml: server.services.ssh.bind_addr: required key is missing")
+        XCTAssertEqual(
+            parseError(minimalClient.replacingOccurrences(of: "local_addr", with: "token"))?.description,
+            "rathole.toml: client.services.ssh.local_addr: required key is missing")
+        XCTAssertEqual(
+            parseError(minimalServer + "\n[server.transport]\ntype = \"websocket\"\n[server.transport.websocket]\n")?.description,
+            "rathole.toml: server.transport.websocket.tls: required key is missing")
         XCTAssertEqual(parseError("")?.description, "rathole.toml: neither [server] nor [client] is configured")
         XCTAssertEqual(parseError("# nothing\n")?.description, "rathole.toml: neither [server] nor [client] is configured")
     }
 
     func testWrongTypes() {
         let cases: [(String, String)] = [
-            (minimalServer.replacingOccurrences(of: "[server.services.ssh]", with: "heartbeat_interval = \"30\"\n[server.services.ssh]"),
-             "rathole.toml: server.heartbeat_interval: expected a non-negative integer, found a string"),
-            (minimalServer.replacingOccurrences(of: "[server.services.ssh]", with: "heartbeat_interval = -1\n[server.services.ssh]"),
-             "rathole.toml: server.heartbeat_interval: expected a non-negative integer, found -1"),
-            (minimalServer.replacingOccurrences(of: "[server.services.ssh]", with: "heartbeat_interval = 1.5\n[server.services.ssh]"),
-             "rathole.toml: server.heartbeat_interval: expected a non-negative integer, found a float"),
+            (
+                minimalServer.replacingOccurrences(of: "[server.services.ssh]", with: "heartbeat_interval = \"30\"\n[server.services.ssh]"),
+                "rathole.toml: server.heartbeat_interval: expected a non-negative integer, found a string"
+            ),
+            (
+                minimalServer.replacingOccurrences(of: "[server.services.ssh]", with: "heartbeat_interval = -1\n[server.services.ssh]"),
+                "rathole.toml: server.heartbeat_interval: expected a non-negative integer, found -1"
+            ),
+            (
+                minimalServer.replacingOccurrences(of: "[server.services.ssh]", with: "heartbeat_interval = 1.5\n[server.services.ssh]"),
+                "rathole.toml: server.heartbeat_interval: expected a non-negative integer, found a float"
+            ),
             (minimalServer + "\nnodelay = \"yes\"\n", "rathole.toml: server.services.ssh.nodelay: expected a boolean, found a string"),
             (minimalServer + "\ntoken = 12345\n", "rathole.toml: server.services.ssh.token: expected a string, found an integer"),
-            (minimalServer.replacingOccurrences(of: "bind_addr = \"0.0.0.0:2333\"", with: "bind_addr = 2333"),
-             "rathole.toml: server.bind_addr: expected a string, found an integer"),
+            (
+                minimalServer.replacingOccurrences(of: "bind_addr = \"0.0.0.0:2333\"", with: "bind_addr = 2333"),
+                "rathole.toml: server.bind_addr: expected a string, found an integer"
+            ),
             ("server = 1\n", "rathole.toml: server: expected a table, found an integer"),
             ("[server]\nbind_addr = \"0.0.0.0:1\"\nservices = []\n", "rathole.toml: server.services: expected a table, found an array"),
-            ("[server]\nbind_addr = \"0.0.0.0:1\"\n[server.services]\nssh = \"x\"\n",
-             "rathole.toml: server.services.ssh: expected a table, found a string"),
-            ("[server]\nbind_addr = \"0.0.0.0:1\"\n[[server.services]]\nbind_addr = \"0.0.0.0:2\"\n",
-             "rathole.toml: server.services: expected a table, found an array"),
-            (minimalClient.replacingOccurrences(of: "[client.services.ssh]", with: "retry_interval = true\n[client.services.ssh]"),
-             "rathole.toml: client.retry_interval: expected a non-negative integer, found a boolean"),
+            (
+                "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.services]\nssh = \"x\"\n",
+                "rathole.toml: server.services.ssh: expected a table, found a string"
+            ),
+            (
+                "[server]\nbind_addr = \"0.0.0.0:1\"\n[[server.services]]\nbind_addr = \"0.0.0.0:2\"\n",
+                "rathole.toml: server.services: expected a table, found an array"
+            ),
+            (
+                minimalClient.replacingOccurrences(of: "[client.services.ssh]", with: "retry_interval = true\n[client.services.ssh]"),
+                "rathole.toml: client.retry_interval: expected a non-negative integer, found a boolean"
+            ),
             (minimalClient + "\nprefer_ipv6 = 1\n", "rathole.toml: client.services.ssh.prefer_ipv6: expected a boolean, found an integer"),
-            (minimalClient + "\n[client.transport.websocket]\ntls = \"no\"\n",
-             "rathole.toml: client.transport.websocket.tls: expected a boolean, found a string"),
-            (minimalClient + "\n[client.transport.tcp]\nkeepalive_secs = 1979-05-27\n",
-             "rathole.toml: client.transport.tcp.keepalive_secs: expected a non-negative integer, found a date"),
-            (minimalClient + "\n[client.transport]\ntype = 1\n", "rathole.toml: client.transport.type: expected a string, found an integer"),
+            (
+                minimalClient + "\n[client.transport.websocket]\ntls = \"no\"\n",
+                "rathole.toml: client.transport.websocket.tls: expected a boolean, found a string"
+            ),
+            (
+                minimalClient + "\n[client.transport.tcp]\nkeepalive_secs = 1979-05-27\n",
+                "rathole.toml: client.transport.tcp.keepalive_secs: expected a non-negative integer, found a date"
+            ),
+            (
+                minimalClient + "\n[client.transport]\ntype = 1\n",
+                "rathole.toml: client.transport.type: expected a string, found an integer"
+            ),
         ]
         for (toml, message) in cases {
             XCTAssertEqual(parseError(toml)?.description, message)
@@ -108,62 +141,81 @@ final class ConfigErrorTests: XCTestCase {
             minimalClient.replacingOccurrences(of: "local_addr = \"127.0.0.1:22\"", with: "local_addr = \"\(local)\"")
         }
         let key = "rathole.toml: server.services.ssh.bind_addr: "
-        XCTAssertEqual(parseError(server(bind: "localhost:5202"))?.description,
-                       key + "\"localhost:5202\": must be an IP address and a port, e.g. 0.0.0.0:2333 or [::]:2333")
-        XCTAssertEqual(parseError(server(bind: "0.0.0.0"))?.description,
-                       key + "\"0.0.0.0\": the port is missing (expected host:port, e.g. 0.0.0.0:2333 or [::]:2333)")
-        XCTAssertEqual(parseError(server(bind: "0.0.0.0:0"))?.description,
-                       key + "\"0.0.0.0:0\": the port must be a number from 1 to 65535")
-        XCTAssertEqual(parseError(server(bind: "0.0.0.0:65536"))?.description,
-                       key + "\"0.0.0.0:65536\": the port must be a number from 1 to 65535")
-        XCTAssertEqual(parseError(server(bind: "::1:5202"))?.description,
-                       key + "\"::1:5202\": an IPv6 address must be in brackets, e.g. [::1]:2333")
+        XCTAssertEqual(
+            parseError(server(bind: "localhost:5202"))?.description,
+            key + "\"localhost:5202\": must be an IP address and a port, e.g. 0.0.0.0:2333 or [::]:2333")
+        XCTAssertEqual(
+            parseError(server(bind: "0.0.0.0"))?.description,
+            key + "\"0.0.0.0\": the port is missing (expected host:port, e.g. 0.0.0.0:2333 or [::]:2333)")
+        XCTAssertEqual(
+            parseError(server(bind: "0.0.0.0:0"))?.description,
+            key + "\"0.0.0.0:0\": the port must be a number from 1 to 65535")
+        XCTAssertEqual(
+            parseError(server(bind: "0.0.0.0:65536"))?.description,
+            key + "\"0.0.0.0:65536\": the port must be a number from 1 to 65535")
+        XCTAssertEqual(
+            parseError(server(bind: "::1:5202"))?.description,
+            key + "\"::1:5202\": an IPv6 address must be in brackets, e.g. [::1]:2333")
         XCTAssertEqual(parseError(server(bind: "[::g]:5202"))?.description, key + "\"[::g]:5202\": invalid IPv6 address")
         XCTAssertEqual(parseError(server(bind: "[::1:5202"))?.description, key + "\"[::1:5202\": unclosed '[' in an IPv6 address")
         XCTAssertEqual(parseError(server(bind: "300.1.1.1:5202"))?.description, key + "\"300.1.1.1:5202\": invalid IPv4 address")
-        XCTAssertEqual(parseError(server(bind: ":5202"))?.description,
-                       key + "\":5202\": the host is missing (expected host:port, e.g. 0.0.0.0:2333 or [::]:2333)")
+        XCTAssertEqual(
+            parseError(server(bind: ":5202"))?.description,
+            key + "\":5202\": the host is missing (expected host:port, e.g. 0.0.0.0:2333 or [::]:2333)")
         XCTAssertNoThrow(try Config.parse(server(bind: "[::1]:5202"), file: "ok.toml"))
 
         let local = "rathole.toml: client.services.ssh.local_addr: "
         XCTAssertEqual(parseError(client(local: "my host:22"))?.description, local + "\"my host:22\": invalid host name")
-        XCTAssertEqual(parseError(client(local: "localhost"))?.description,
-                       local + "\"localhost\": the port is missing (expected host:port, e.g. example.com:2333, 127.0.0.1:2333 or [::1]:2333)")
-        XCTAssertEqual(parseError(client(local: "localhost:ssh"))?.description,
-                       local + "\"localhost:ssh\": the port must be a number from 1 to 65535")
-        XCTAssertEqual(try Config.parse(client(local: "db.internal:5432"), file: "ok.toml").client?.services["ssh"]?.localAddr,
-                       HostPort(host: .name("db.internal"), port: 5432))
-        XCTAssertEqual(parseError(minimalClient.replacingOccurrences(of: "example.com:2333", with: "example.com:"))?.description,
-                       "rathole.toml: client.remote_addr: \"example.com:\": the port must be a number from 1 to 65535")
+        XCTAssertEqual(
+            parseError(client(local: "localhost"))?.description,
+            local + "\"localhost\": the port is missing (expected host:port, e.g. example.com:2333, 127.0.0.1:2333 or [::1]:2333)")
+        XCTAssertEqual(
+            parseError(client(local: "localhost:ssh"))?.description,
+            local + "\"localhost:ssh\": the port must be a number from 1 to 65535")
+        XCTAssertEqual(
+            try Config.parse(client(local: "db.internal:5432"), file: "ok.toml").client?.services["ssh"]?.localAddr,
+            HostPort(host: .name("db.internal"), port: 5432))
+        XCTAssertEqual(
+            parseError(minimalClient.replacingOccurrences(of: "example.com:2333", with: "example.com:"))?.description,
+            "rathole.toml: client.remote_addr: \"example.com:\": the port must be a number from 1 to 65535")
 
-        XCTAssertEqual(parseError(minimalServer + "\ntype = \"sctp\"\n")?.description,
-                       "rathole.toml: server.services.ssh.type: unknown service type \"sctp\" (expected \"tcp\" or \"udp\")")
-        XCTAssertEqual(parseError(minimalClient + "\n[client.transport]\ntype = \"quic\"\n")?.description,
-                       "rathole.toml: client.transport.type: unknown transport type \"quic\" (expected \"tcp\", \"tls\", \"noise\" or \"websocket\")")
+        XCTAssertEqual(
+            parseError(minimalServer + "\ntype = \"sctp\"\n")?.description,
+            "rathole.toml: server.services.ssh.type: unknown service type \"sctp\" (expected \"tcp\" or \"udp\")")
+        XCTAssertEqual(
+            parseError(minimalClient + "\n[client.transport]\ntype = \"quic\"\n")?.description,
+            "rathole.toml: client.transport.type: unknown transport type \"quic\" (expected \"tcp\", \"tls\", \"noise\" or \"websocket\")")
     }
 
     func testTransportRequirements() {
         let tlsServer = minimalServer + "\n[server.transport]\ntype = \"tls\"\n"
-        XCTAssertEqual(parseError(tlsServer)?.description,
-                       "rathole.toml: server.transport.tls: required when server.transport.type is \"tls\"")
-        XCTAssertEqual(parseError(tlsServer + "[server.transport.tls]\npkcs12_password = \"x\"\n")?.description,
-                       "rathole.toml: server.transport.tls.pkcs12: required when server.transport.type is \"tls\" on a server")
-        XCTAssertEqual(parseError(tlsServer + "[server.transport.tls]\npkcs12 = \"id.pfx\"\n")?.description,
-                       "rathole.toml: server.transport.tls.pkcs12_password: required when server.transport.type is \"tls\" on a server")
+        XCTAssertEqual(
+            parseError(tlsServer)?.description,
+            "rathole.toml: server.transport.tls: required when server.transport.type is \"tls\"")
+        XCTAssertEqual(
+            parseError(tlsServer + "[server.transport.tls]\npkcs12_password = \"x\"\n")?.description,
+            "rathole.toml: server.transport.tls.pkcs12: required when server.transport.type is \"tls\" on a server")
+        XCTAssertEqual(
+            parseError(tlsServer + "[server.transport.tls]\npkcs12 = \"id.pfx\"\n")?.description,
+            "rathole.toml: server.transport.tls.pkcs12_password: required when server.transport.type is \"tls\" on a server")
         XCTAssertNoThrow(try Config.parse(tlsServer + "[server.transport.tls]\npkcs12 = \"a\"\npkcs12_password = \"b\"\n", file: "ok"))
 
         let tlsClient = minimalClient + "\n[client.transport]\ntype = \"tls\"\n"
-        XCTAssertEqual(parseError(tlsClient + "[client.transport.tls]\nhostname = \"h\"\n")?.description,
-                       "rathole.toml: client.transport.tls.trusted_root: required when client.transport.type is \"tls\" on a client")
+        XCTAssertEqual(
+            parseError(tlsClient + "[client.transport.tls]\nhostname = \"h\"\n")?.description,
+            "rathole.toml: client.transport.tls.trusted_root: required when client.transport.type is \"tls\" on a client")
         XCTAssertNoThrow(try Config.parse(tlsClient + "[client.transport.tls]\ntrusted_root = \"ca.pem\"\n", file: "ok"))
 
         let wssClient = minimalClient + "\n[client.transport]\ntype = \"websocket\"\n[client.transport.websocket]\ntls = true\n"
-        XCTAssertEqual(parseError(wssClient)?.description,
-                       "rathole.toml: client.transport.tls: required when client.transport.websocket.tls is true")
-        XCTAssertEqual(parseError(minimalClient + "\n[client.transport]\ntype = \"websocket\"\n")?.description,
-                       "rathole.toml: client.transport.websocket: required when client.transport.type is \"websocket\"")
-        XCTAssertEqual(parseError(minimalClient + "\n[client.transport]\ntype = \"noise\"\n")?.description,
-                       "rathole.toml: client.transport.noise: required when client.transport.type is \"noise\"")
+        XCTAssertEqual(
+            parseError(wssClient)?.description,
+            "rathole.toml: client.transport.tls: required when client.transport.websocket.tls is true")
+        XCTAssertEqual(
+            parseError(minimalClient + "\n[client.transport]\ntype = \"websocket\"\n")?.description,
+            "rathole.toml: client.transport.websocket: required when client.transport.type is \"websocket\"")
+        XCTAssertEqual(
+            parseError(minimalClient + "\n[client.transport]\ntype = \"noise\"\n")?.description,
+            "rathole.toml: client.transport.noise: required when client.transport.type is \"noise\"")
         // Tables for other transport types than the one chosen are parsed but not required to be complete.
         XCTAssertNoThrow(try Config.parse(minimalServer + "\n[server.transport.tls]\nhostname = \"x\"\n", file: "ok"))
     }
@@ -220,7 +272,9 @@ final class ConfigErrorTests: XCTestCase {
             bind_addr = "0.0.0.0:2"
             """#
         let e = parseError(valid, file: "ok.toml")
-        XCTAssertEqual(e?.description, "ok.toml: server.x: unknown key (expected one of: bind_addr, default_token, heartbeat_interval, transport, services, api)")
+        XCTAssertEqual(
+            e?.description,
+            "ok.toml: server.x: unknown key (expected one of: bind_addr, default_token, heartbeat_interval, transport, services, api)")
         XCTAssertNoThrow(try Config.parse(minimalServer.replacingOccurrences(of: "\n", with: "\r\n") + "\t# tab\r\n", file: "crlf.toml"))
     }
 

@@ -55,10 +55,12 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(server.defaultToken?.value, "wire_token_1")
         XCTAssertEqual(server.heartbeatInterval, 30)
         XCTAssertEqual(server.transport, TransportConfig())
-        XCTAssertEqual(server.services, [
-            "echo": ServerServiceConfig(
-                name: "echo", type: .tcp, bindAddr: .v4(.loopback, port: 5202), token: "wire_token_1", nodelay: true),
-        ])
+        XCTAssertEqual(
+            server.services,
+            [
+                "echo": ServerServiceConfig(
+                    name: "echo", type: .tcp, bindAddr: .v4(.loopback, port: 5202), token: "wire_token_1", nodelay: true)
+            ])
         XCTAssertEqual(server.services["echo"]?.digest, Digest.service(named: "echo"))
 
         let c = try Config.load(path: wireTranscriptsDirectory.appendingPathComponent("01-tcp-session.client.toml").path)
@@ -67,9 +69,11 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(client.heartbeatTimeout, 40)
         XCTAssertEqual(client.retryInterval, 1)
         XCTAssertFalse(client.preferIPv6)
-        XCTAssertEqual(client.services["echo"], ClientServiceConfig(
-            name: "echo", type: .tcp, localAddr: HostPort(host: .ipv4(.loopback), port: 7000), token: "wire_token_1",
-            nodelay: true, retryInterval: 1, preferIPv6: false))
+        XCTAssertEqual(
+            client.services["echo"],
+            ClientServiceConfig(
+                name: "echo", type: .tcp, localAddr: HostPort(host: .ipv4(.loopback), port: 7000), token: "wire_token_1",
+                nodelay: true, retryInterval: 1, preferIPv6: false))
     }
 
     func testScenarioSpecifics() throws {
@@ -201,16 +205,24 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(s.heartbeatInterval, 0)
         XCTAssertEqual(s.transport.type, .tls)
         XCTAssertEqual(s.transport.tcp, TcpConfig(nodelay: false, keepaliveSecs: 60, keepaliveInterval: 10))
-        XCTAssertEqual(s.transport.tls, TlsConfig(
-            hostname: "ignored.example", trustedRoot: "ca.pem", pkcs12: "identity.pfx", pkcs12Password: "pfx-pass"))
-        XCTAssertEqual(s.transport.noise, NoiseConfig(
-            pattern: "Noise_XX_25519_ChaChaPoly_BLAKE2s", localPrivateKey: "priv", remotePublicKey: "pub"))
+        XCTAssertEqual(
+            s.transport.tls,
+            TlsConfig(
+                hostname: "ignored.example", trustedRoot: "ca.pem", pkcs12: "identity.pfx", pkcs12Password: "pfx-pass"))
+        XCTAssertEqual(
+            s.transport.noise,
+            NoiseConfig(
+                pattern: "Noise_XX_25519_ChaChaPoly_BLAKE2s", localPrivateKey: "priv", remotePublicKey: "pub"))
         XCTAssertEqual(s.transport.websocket, WebsocketConfig(tls: true))
-        XCTAssertEqual(s.services["a"], ServerServiceConfig(
-            name: "a", type: .udp, bindAddr: .v4(.loopback, port: 5000), token: "token-a", nodelay: true))
+        XCTAssertEqual(
+            s.services["a"],
+            ServerServiceConfig(
+                name: "a", type: .udp, bindAddr: .v4(.loopback, port: 5000), token: "token-a", nodelay: true))
         // Service b falls back to the default token and the transport's nodelay.
-        XCTAssertEqual(s.services["b"], ServerServiceConfig(
-            name: "b", type: .tcp, bindAddr: .v6(.loopback, port: 5001), token: "server-default", nodelay: false))
+        XCTAssertEqual(
+            s.services["b"],
+            ServerServiceConfig(
+                name: "b", type: .tcp, bindAddr: .v6(.loopback, port: 5001), token: "server-default", nodelay: false))
 
         let cl = try XCTUnwrap(c.client)
         XCTAssertEqual(cl.remoteAddr, HostPort(host: .ipv6(IPv6Address("2001:db8::1")!), port: 2333))
@@ -219,15 +231,21 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(cl.retryInterval, 7)
         XCTAssertTrue(cl.preferIPv6)
         XCTAssertEqual(cl.tlsHostname, "server.example")
-        XCTAssertEqual(cl.transport.tcp.proxy, ProxyConfig(
-            scheme: .socks5, username: "alice", password: "p@ss:word",
-            address: HostPort(host: .name("proxy.lan"), port: 1080)))
-        XCTAssertEqual(cl.services["a"], ClientServiceConfig(
-            name: "a", type: .udp, localAddr: HostPort(host: .name("localhost"), port: 53), token: "token-a",
-            nodelay: false, retryInterval: 3, preferIPv6: false))
-        XCTAssertEqual(cl.services["b"], ClientServiceConfig(
-            name: "b", type: .tcp, localAddr: HostPort(host: .ipv4(IPv4Address(10, 0, 0, 2)), port: 80),
-            token: "client-default", nodelay: true, retryInterval: 7, preferIPv6: true))
+        XCTAssertEqual(
+            cl.transport.tcp.proxy,
+            ProxyConfig(
+                scheme: .socks5, username: "alice", password: "p@ss:word",
+                address: HostPort(host: .name("proxy.lan"), port: 1080)))
+        XCTAssertEqual(
+            cl.services["a"],
+            ClientServiceConfig(
+                name: "a", type: .udp, localAddr: HostPort(host: .name("localhost"), port: 53), token: "token-a",
+                nodelay: false, retryInterval: 3, preferIPv6: false))
+        XCTAssertEqual(
+            cl.services["b"],
+            ClientServiceConfig(
+                name: "b", type: .tcp, localAddr: HostPort(host: .ipv4(IPv4Address(10, 0, 0, 2)), port: 80),
+                token: "client-default", nodelay: true, retryInterval: 7, preferIPv6: true))
     }
 
     func testTokensAreMasked() throws {
@@ -246,8 +264,10 @@ final class ConfigTests: XCTestCase {
         let e = parseError(minimalServer + "\ntoken = [\"a-secret\"]\n")
         XCTAssertEqual(e?.description, "rathole.toml: server.services.ssh.token: expected a string, found an array")
         // Proxy passwords stay hidden too.
-        let p = try Config.parse(minimalClient.replacingOccurrences(of: "[client.services.ssh]",
-            with: "[client.transport.tcp]\nproxy = \"http://u:hunter2@proxy:3128\"\n[client.services.ssh]"), file: "p.toml")
+        let p = try Config.parse(
+            minimalClient.replacingOccurrences(
+                of: "[client.services.ssh]",
+                with: "[client.transport.tcp]\nproxy = \"http://u:hunter2@proxy:3128\"\n[client.services.ssh]"), file: "p.toml")
         XCTAssertFalse("\(p)".contains("hunter2"))
         XCTAssertEqual(p.client?.transport.tcp.proxy?.description, "http://proxy:3128")
     }
@@ -263,35 +283,44 @@ final class ConfigTests: XCTestCase {
                 of: "[client.services.ssh]", with: "[client.transport.tcp]\nproxy = \"\(url)\"\n[client.services.ssh]")
             return parseError(toml, file: "proxy.toml")?.description
         }
-        XCTAssertEqual(try proxy("socks5://127.0.0.1:1080"),
-                       ProxyConfig(scheme: .socks5, address: HostPort(host: .ipv4(.loopback), port: 1080)))
-        XCTAssertEqual(try proxy("SOCKS5://[::1]:1080/"),
-                       ProxyConfig(scheme: .socks5, address: HostPort(host: .ipv6(.loopback), port: 1080)))
-        XCTAssertEqual(try proxy("http://user:p%40ss@proxy.example:3128"),
-                       ProxyConfig(scheme: .http, username: "user", password: "p@ss",
-                                   address: HostPort(host: .name("proxy.example"), port: 3128)))
-        XCTAssertEqual(try proxy("http://proxy.example"),
-                       ProxyConfig(scheme: .http, address: HostPort(host: .name("proxy.example"), port: 80)))
-        XCTAssertEqual(try proxy("socks5://only%20user@h:1"),
-                       ProxyConfig(scheme: .socks5, username: "only user", address: HostPort(host: .name("h"), port: 1)))
+        XCTAssertEqual(
+            try proxy("socks5://127.0.0.1:1080"),
+            ProxyConfig(scheme: .socks5, address: HostPort(host: .ipv4(.loopback), port: 1080)))
+        XCTAssertEqual(
+            try proxy("SOCKS5://[::1]:1080/"),
+            ProxyConfig(scheme: .socks5, address: HostPort(host: .ipv6(.loopback), port: 1080)))
+        XCTAssertEqual(
+            try proxy("http://user:p%40ss@proxy.example:3128"),
+            ProxyConfig(
+                scheme: .http, username: "user", password: "p@ss",
+                address: HostPort(host: .name("proxy.example"), port: 3128)))
+        XCTAssertEqual(
+            try proxy("http://proxy.example"),
+            ProxyConfig(scheme: .http, address: HostPort(host: .name("proxy.example"), port: 80)))
+        XCTAssertEqual(
+            try proxy("socks5://only%20user@h:1"),
+            ProxyConfig(scheme: .socks5, username: "only user", address: HostPort(host: .name("h"), port: 1)))
         XCTAssertEqual(try proxy("socks5://a@b:c@h:1")?.username, "a@b")  // the last '@' ends the user info
 
         let key = "proxy.toml: client.transport.tcp.proxy: invalid proxy URL: "
         XCTAssertEqual(proxyError("https://proxy:443"), key + "unsupported scheme \"https\" (expected socks5 or http)")
         XCTAssertEqual(proxyError("proxy:1080"), key + "expected socks5://host:port or http://host:port")
-        XCTAssertEqual(proxyError("socks5://proxy"),
-                       key + "\"proxy\": the port is missing (expected host:port, e.g. example.com:2333, 127.0.0.1:2333 or [::1]:2333)")
+        XCTAssertEqual(
+            proxyError("socks5://proxy"),
+            key + "\"proxy\": the port is missing (expected host:port, e.g. example.com:2333, 127.0.0.1:2333 or [::1]:2333)")
         XCTAssertEqual(proxyError("socks5://proxy:1080/path"), key + "a proxy URL has no path, query or fragment")
         XCTAssertEqual(proxyError("http://proxy:3128?x=1"), key + "a proxy URL has no path, query or fragment")
         XCTAssertEqual(proxyError("socks5://u:%zz@proxy:1080"), key + "bad percent-encoding in the password")
         XCTAssertEqual(proxyError("socks5://%4@proxy:1080"), key + "bad percent-encoding in the user name")
         XCTAssertEqual(proxyError("socks5://proxy:99999"), key + "\"proxy:99999\": the port must be a number from 1 to 65535")
-        XCTAssertEqual(proxyError("socks5://:1080"),
-                       key + "\":1080\": the host is missing (expected host:port, e.g. example.com:2333, 127.0.0.1:2333 or [::1]:2333)")
+        XCTAssertEqual(
+            proxyError("socks5://:1080"),
+            key + "\":1080\": the host is missing (expected host:port, e.g. example.com:2333, 127.0.0.1:2333 or [::1]:2333)")
     }
 
     func testQuotedServiceNames() {
-        let e = parseError("""
+        let e = parseError(
+            """
             [client]
             remote_addr = "h:1"
             [client.services."my.svc"]

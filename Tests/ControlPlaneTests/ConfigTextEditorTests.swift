@@ -34,63 +34,75 @@ final class ConfigTextEditorTests: XCTestCase {
     }
 
     func testReplaceKeepsCommentsAndPlaces() throws {
-        let edited = try XCTUnwrap(ConfigTextEditor.replacingService(
-            "ssh", in: .server,
-            with: fields([("type", .string("tcp")), ("token", .string("new \"quoted\"")), ("bind_addr", .string("0.0.0.0:22"))]),
-            text: file))
-        XCTAssertTrue(edited.contains("""
-            # ssh at home
-            [server.services.ssh]
-            type = "tcp"   # always tcp
-            token = "new \\"quoted\\""
-            bind_addr = "0.0.0.0:22"
+        let edited = try XCTUnwrap(
+            ConfigTextEditor.replacingService(
+                "ssh", in: .server,
+                with: fields([("type", .string("tcp")), ("token", .string("new \"quoted\"")), ("bind_addr", .string("0.0.0.0:22"))]),
+                text: file))
+        XCTAssertTrue(
+            edited.contains(
+                """
+                # ssh at home
+                [server.services.ssh]
+                type = "tcp"   # always tcp
+                token = "new \\"quoted\\""
+                bind_addr = "0.0.0.0:22"
 
-            [server.services."odd.name"]
-            """), edited)
+                [server.services."odd.name"]
+                """), edited)
         XCTAssertFalse(edited.contains("nodelay"), "a key no longer set is removed")
         XCTAssertTrue(edited.hasPrefix("# the server\n[server]\nbind_addr = \"0.0.0.0:2333\"  # public\n"))
     }
 
     func testQuotedNameWithDotIsFound() throws {
-        let edited = try XCTUnwrap(ConfigTextEditor.replacingService(
-            "odd.name", in: .server, with: fields([("token", .string("y")), ("bind_addr", .string("0.0.0.0:6001"))]),
-            text: file))
-        XCTAssertTrue(edited.contains("[server.services.\"odd.name\"]\ntoken = \"y\"\nbind_addr = \"0.0.0.0:6001\"\n# trailing note\n"), edited)
+        let edited = try XCTUnwrap(
+            ConfigTextEditor.replacingService(
+                "odd.name", in: .server, with: fields([("token", .string("y")), ("bind_addr", .string("0.0.0.0:6001"))]),
+                text: file))
+        XCTAssertTrue(
+            edited.contains("[server.services.\"odd.name\"]\ntoken = \"y\"\nbind_addr = \"0.0.0.0:6001\"\n# trailing note\n"), edited)
         XCTAssertFalse(edited.contains("bind_addr_note"))
     }
 
     func testAddGoesAfterTheSectionsLastTable() throws {
-        let edited = try XCTUnwrap(ConfigTextEditor.replacingService(
-            "web", in: .server, with: fields([("token", .string("w")), ("bind_addr", .string("0.0.0.0:80"))]), text: file))
-        XCTAssertTrue(edited.contains("""
-            bind_addr_note = 1
+        let edited = try XCTUnwrap(
+            ConfigTextEditor.replacingService(
+                "web", in: .server, with: fields([("token", .string("w")), ("bind_addr", .string("0.0.0.0:80"))]), text: file))
+        XCTAssertTrue(
+            edited.contains(
+                """
+                bind_addr_note = 1
 
-            [server.services.web]
-            token = "w"
-            bind_addr = "0.0.0.0:80"
+                [server.services.web]
+                token = "w"
+                bind_addr = "0.0.0.0:80"
 
-            [client]
-            """), edited)
+                [client]
+                """), edited)
     }
 
     func testAddToAFileWithoutServicesAppends() throws {
         let text = "[client]\nremote_addr = \"a:1\"\ndefault_token = \"t\""
-        let edited = try XCTUnwrap(ConfigTextEditor.replacingService(
-            "nas", in: .client, with: fields([("local_addr", .string("127.0.0.1:5000"))]), text: text))
-        XCTAssertEqual(edited, "[client]\nremote_addr = \"a:1\"\ndefault_token = \"t\"\n\n[client.services.nas]\nlocal_addr = \"127.0.0.1:5000\"\n")
+        let edited = try XCTUnwrap(
+            ConfigTextEditor.replacingService(
+                "nas", in: .client, with: fields([("local_addr", .string("127.0.0.1:5000"))]), text: text))
+        XCTAssertEqual(
+            edited, "[client]\nremote_addr = \"a:1\"\ndefault_token = \"t\"\n\n[client.services.nas]\nlocal_addr = \"127.0.0.1:5000\"\n")
         let config = try Config.parse(edited, file: "f")
         XCTAssertEqual(config.client?.services["nas"]?.localAddr.port, 5000)
     }
 
     func testRemoveTakesItsCommentAndOneBlankLine() throws {
         let edited = try XCTUnwrap(ConfigTextEditor.replacingService("ssh", in: .server, with: nil, text: file))
-        XCTAssertTrue(edited.hasPrefix("""
-            # the server
-            [server]
-            bind_addr = "0.0.0.0:2333"  # public
+        XCTAssertTrue(
+            edited.hasPrefix(
+                """
+                # the server
+                [server]
+                bind_addr = "0.0.0.0:2333"  # public
 
-            [server.services."odd.name"]
-            """), edited)
+                [server.services."odd.name"]
+                """), edited)
     }
 
     func testLayoutsBeyondTheLineEditorAreRefused() {
@@ -129,7 +141,8 @@ final class ConfigTextEditorTests: XCTestCase {
     }
 
     func testApiTable() throws {
-        let ok = try Config.parse("[server]\nbind_addr = \"0.0.0.0:1\"\n[server.api]\nbind_addr = \"127.0.0.1:7400\"\ntoken = \"t\"\n", file: "f")
+        let ok = try Config.parse(
+            "[server]\nbind_addr = \"0.0.0.0:1\"\n[server.api]\nbind_addr = \"127.0.0.1:7400\"\ntoken = \"t\"\n", file: "f")
         XCTAssertEqual(ok.server?.api?.bindAddr.port, 7400)
         func error(_ api: String) -> ConfigError? {
             do {

@@ -1,6 +1,7 @@
+import XCTest
+
 // The queue behind the server's data-channel pool and waiting visitors.
 @testable import ControlPlane
-import XCTest
 
 final class FIFOTests: XCTestCase {
     final class Token {

@@ -1,6 +1,7 @@
+import XCTest
+
 // The one parser of address text: `host:port` as configs (and the perf tools) write it.
 @testable import ControlPlane
-import XCTest
 
 final class HostPortTests: XCTestCase {
     func testLiteralsAndNames() throws {
@@ -17,8 +18,10 @@ final class HostPortTests: XCTestCase {
     }
 
     func testMalformedAddressesAreRefused() {
-        for bad in ["127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "::1:80", "[::1:80",
-                    ":80", "300.1.1.1:80", "[127.0.0.1]:80x", "bad host:80"] {
+        for bad in [
+            "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "::1:80", "[::1:80",
+            ":80", "300.1.1.1:80", "[127.0.0.1]:80x", "bad host:80",
+        ] {
             XCTAssertNil(HostPort(bad), bad)
         }
         guard case .failure(let e) = HostPort.parse("localhost:80", ipOnly: true) else {

@@ -140,8 +140,9 @@ final class ProtocolTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<Digest>.size, 32)
         d.withUnsafeBytes { XCTAssertEqual($0.count, 32) }
         // sha256("") is well known.
-        XCTAssertEqual(Digest.sha256([UInt8]()).description,
-                       "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(
+            Digest.sha256([UInt8]()).description,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         XCTAssertEqual(Digest.zero.bytes, [UInt8](repeating: 0, count: 32))
         let r1 = Digest.random()
         let r2 = Digest.random()
@@ -149,10 +150,12 @@ final class ProtocolTests: XCTestCase {
         XCTAssertEqual(Set([d, d, r1]).count, 2)
         // auth = sha256(token || nonce)
         let nonce = try XCTUnwrap(Digest(hex: "c70075432209553efea6bb1d5dd91c20687efd73714957e46d3a7240f418ca1a"))
-        XCTAssertEqual(Digest.auth(token: "wire_token_1", nonce: nonce).description,
-                       "460f48b99fd3f62d57cdfd0bd0f52363c86e6c3f2c382d2807610a21af5fb328")
-        XCTAssertEqual(Digest.auth(token: Array("wire_token_1".utf8), nonce: nonce),
-                       Digest.sha256(Array("wire_token_1".utf8) + nonce.bytes))
+        XCTAssertEqual(
+            Digest.auth(token: "wire_token_1", nonce: nonce).description,
+            "460f48b99fd3f62d57cdfd0bd0f52363c86e6c3f2c382d2807610a21af5fb328")
+        XCTAssertEqual(
+            Digest.auth(token: Array("wire_token_1".utf8), nonce: nonce),
+            Digest.sha256(Array("wire_token_1".utf8) + nonce.bytes))
     }
 
     // MARK: Addresses
@@ -185,8 +188,10 @@ final class ProtocolTests: XCTestCase {
         }
         XCTAssertEqual(IPv6Address("::1"), .loopback)
         XCTAssertEqual(IPv6Address("::ffff:1.2.3.4")?.ipv4Mapped, IPv4Address(1, 2, 3, 4))
-        for bad in ["", ":", ":::", "1:::2", "1::2::3", ":1::", "12345::", "g::", "1:2:3:4:5:6:7", "1:2:3:4:5:6:7:8:9",
-                    "::1.2.3", "1.2.3.4::", "::1%eth0", "1:2:3:4:5:6:7::8:9"] {
+        for bad in [
+            "", ":", ":::", "1:::2", "1::2::3", ":1::", "12345::", "g::", "1:2:3:4:5:6:7", "1:2:3:4:5:6:7:8:9",
+            "::1.2.3", "1.2.3.4::", "::1%eth0", "1:2:3:4:5:6:7::8:9",
+        ] {
             XCTAssertNil(IPv6Address(bad), bad)
         }
     }
@@ -198,8 +203,10 @@ final class ProtocolTests: XCTestCase {
         XCTAssertEqual(PeerAddress.v6(.loopback, port: 80).description, "[::1]:80")
         XCTAssertEqual(PeerAddress.v4(.loopback, port: 80).description, "127.0.0.1:80")
         XCTAssertTrue(PeerAddress.v6(.any, port: 1).isIPv6)
-        for bad in ["127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "::1:80", "[::1]", "[::1]80", "localhost:80",
-                    "[::1]:-1", "1.2.3.4:8a"] {
+        for bad in [
+            "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "::1:80", "[::1]", "[::1]80", "localhost:80",
+            "[::1]:-1", "1.2.3.4:8a",
+        ] {
             XCTAssertNil(PeerAddress(bad), bad)
         }
     }

@@ -1,8 +1,7 @@
+import ControlPlane
 // The SOCKS5 and HTTP CONNECT reply checks (ProxyReplies.swift), and the inputs the fuzzer found
 // (Tests/Fuzz/corpus/proxy/regression-*).
 import XCTest
-
-import ControlPlane
 
 final class ProxyReplyTests: XCTestCase {
     func testSocks5MethodChoice() throws {
@@ -54,7 +53,8 @@ final class ProxyReplyTests: XCTestCase {
         XCTAssertTrue(try HTTPConnectReply.isComplete(ok))
         XCTAssertNoThrow(try HTTPConnectReply.check(ok))
         XCTAssertThrowsError(try HTTPConnectReply.check(Array("HTTP/1.1 407 Proxy Authentication Required\r\n\r\n".utf8))) {
-            XCTAssertEqual(($0 as? ProxyReplyError)?.message(target: "h:1"), "CONNECT h:1 refused: HTTP/1.1 407 Proxy Authentication Required")
+            XCTAssertEqual(
+                ($0 as? ProxyReplyError)?.message(target: "h:1"), "CONNECT h:1 refused: HTTP/1.1 407 Proxy Authentication Required")
         }
         XCTAssertThrowsError(try HTTPConnectReply.isComplete([UInt8](repeating: 65, count: HTTPConnectReply.maxHeadSize))) {
             XCTAssertEqual($0 as? ProxyReplyError, .httpHeadTooLarge)
@@ -65,7 +65,7 @@ final class ProxyReplyTests: XCTestCase {
     /// whatever followed up to the CR, into the error, so one refusal logged several lines. The
     /// line now ends at CR or LF, and what is shown is printable ASCII, at most 80 characters.
     func testHTTPStatusLineWithBareLFIsOneLogLine() {
-        let head: [UInt8] = [0x0A, 0x0D, 0x0A, 0x0D, 0x0A]   // the input, after its kind and flag bytes
+        let head: [UInt8] = [0x0A, 0x0D, 0x0A, 0x0D, 0x0A]  // the input, after its kind and flag bytes
         XCTAssertTrue(try HTTPConnectReply.isComplete(head))
         XCTAssertThrowsError(try HTTPConnectReply.check(head)) {
             XCTAssertEqual($0 as? ProxyReplyError, .notHTTP(statusLine: ""))

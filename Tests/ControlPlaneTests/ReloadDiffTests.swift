@@ -1,8 +1,9 @@
+import XCTest
+
 // What a hot reload does with an edited file: which services it adds, removes or restarts (the diff
 // Instance applies), when it restarts the whole server or client instead, and the grace it gives
 // the connections of a service that goes.
 @testable import ControlPlane
-import XCTest
 
 final class ReloadDiffTests: XCTestCase {
     private let server = """
@@ -67,18 +68,20 @@ final class ReloadDiffTests: XCTestCase {
     /// A change to one service restarts that service only.
     func testChangedServiceOnly() throws {
         XCTAssertEqual(try serverDiff(server, server.replacingOccurrences(of: "1002", with: "1003")), ["changed b"])
-        XCTAssertEqual(try clientDiff(client, client.replacingOccurrences(of: "127.0.0.1:1001", with: "127.0.0.1:1009")),
-                       ["changed a"])
+        XCTAssertEqual(
+            try clientDiff(client, client.replacingOccurrences(of: "127.0.0.1:1001", with: "127.0.0.1:1009")),
+            ["changed a"])
         XCTAssertEqual(try serverDiff(server, server + "\nnodelay = false\n"), ["changed b"])
     }
 
     /// Removed services go first, then added and changed ones, each in name order.
     func testAddedAndRemoved() throws {
-        let edited = server.replacingOccurrences(of: "[server.services.a]", with: "[server.services.z]") + """
+        let edited =
+            server.replacingOccurrences(of: "[server.services.a]", with: "[server.services.z]") + """
 
-            [server.services.c]
-            bind_addr = "0.0.0.0:1004"
-            """
+                [server.services.c]
+                bind_addr = "0.0.0.0:1004"
+                """
         XCTAssertEqual(try serverDiff(server, edited), ["removed a", "added c", "added z"])
     }
 
@@ -86,8 +89,9 @@ final class ReloadDiffTests: XCTestCase {
     func testDefaultTokenChangesTheServicesThatUseIt() throws {
         XCTAssertEqual(try serverDiff(server, server.replacingOccurrences(of: "\"t1\"", with: "\"t2\"")), ["changed a"])
         XCTAssertEqual(try clientDiff(client, client.replacingOccurrences(of: "\"t1\"", with: "\"t2\"")), ["changed a"])
-        XCTAssertFalse(try serverConfig(server.replacingOccurrences(of: "\"t1\"", with: "\"t2\""))
-            .needsRestart(from: serverConfig(server)))
+        XCTAssertFalse(
+            try serverConfig(server.replacingOccurrences(of: "\"t1\"", with: "\"t2\""))
+                .needsRestart(from: serverConfig(server)))
     }
 
     /// The top-level retry_interval reaches the client services without their own.
@@ -103,8 +107,11 @@ final class ReloadDiffTests: XCTestCase {
         for (what, edited) in [
             ("bind_addr", server.replacingOccurrences(of: "0.0.0.0:2333", with: "0.0.0.0:2334")),
             ("heartbeat_interval", server.replacingOccurrences(of: "heartbeat_interval = 30", with: "heartbeat_interval = 5")),
-            ("transport", server + "\n[server.transport]\ntype = \"noise\"\n[server.transport.noise]\n"
-                + "local_private_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n"),
+            (
+                "transport",
+                server + "\n[server.transport]\ntype = \"noise\"\n[server.transport.noise]\n"
+                    + "local_private_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n"
+            ),
             ("transport.tcp", server + "\n[server.transport.tcp]\nkeepalive_secs = 5\n"),
         ] {
             XCTAssertTrue(try serverConfig(edited).needsRestart(from: old), what)

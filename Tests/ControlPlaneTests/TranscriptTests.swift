@@ -76,8 +76,10 @@ private func chunkings(_ recorded: [[UInt8]], seed: UInt64 = 42) -> [(String, [[
         random.append(Array(all[i..<min(i + n, all.count)]))
         i += n
     }
-    return [("recorded", recorded), ("1-byte", fixed(1)), ("3-byte", fixed(3)), ("random", random),
-            ("whole", all.isEmpty ? [] : [all])]
+    return [
+        ("recorded", recorded), ("1-byte", fixed(1)), ("3-byte", fixed(3)), ("random", random),
+        ("whole", all.isEmpty ? [] : [all]),
+    ]
 }
 
 /// Feeds chunks to a WireDecoder only when the decoder needs more bytes.
@@ -157,7 +159,9 @@ private enum ConnectionTrace: Equatable {
 
 /// Decodes one connection (both directions) from the given chunkings of its two streams, checking that
 /// re-encoding every decoded message gives back the original bytes.
-private func decodeConnection(c2s: [[UInt8]], s2c: [[UInt8]], file: StaticString = #filePath, line: UInt = #line) throws
+private func decodeConnection(
+    c2s: [[UInt8]], s2c: [[UInt8]], file: StaticString = #filePath, line: UInt = #line
+) throws
     -> ConnectionTrace
 {
     var client = ChunkFeeder(c2s)
@@ -183,8 +187,9 @@ private func decodeConnection(c2s: [[UInt8]], s2c: [[UInt8]], file: StaticString
             while let c = try server.next(ControlChannelCmd.self) { commands.append(c) }
         }
         XCTAssertEqual(server.rest(), [], "no stray server bytes", file: file, line: line)
-        return .control(ControlChannelTrace(
-            serviceDigest: service, auth: auth?.digest, nonce: nonce, ack: ack, commands: commands))
+        return .control(
+            ControlChannelTrace(
+                serviceDigest: service, auth: auth?.digest, nonce: nonce, ack: ack, commands: commands))
     case let .dataChannel(key):
         var trace = DataChannelTrace(sessionKey: key)
         trace.command = try server.next(DataChannelCmd.self)
@@ -329,8 +334,9 @@ final class TranscriptTests: XCTestCase {
         let control = try XCTUnwrap(traces[1]?.control)
         XCTAssertEqual(control.auth, Digest.auth(token: token, nonce: control.nonce))
         XCTAssertEqual(control.ack, .ok)
-        XCTAssertEqual(control.commands,
-                       Array(repeating: .createDataChannel, count: 8) + Array(repeating: .heartBeat, count: 4))
+        XCTAssertEqual(
+            control.commands,
+            Array(repeating: .createDataChannel, count: 8) + Array(repeating: .heartBeat, count: 4))
         for conn in 2...9 {
             XCTAssertEqual(traces[conn]?.data?.sessionKey, control.auth)
         }

@@ -41,12 +41,16 @@ final class UDPFrameTests: XCTestCase {
         XCTAssertEqual(m, 13)
         // Too small a buffer.
         var small = [UInt8](repeating: 0, count: 10)
-        XCTAssertThrowsError(try small.withUnsafeMutableBytes {
-            try UdpHeader.encodePrefix(from: from, payloadLength: 3, into: $0)
-        }) { e in XCTAssertEqual(e as? ProtocolError, .bufferTooSmall(needed: 13, available: 10)) }
-        XCTAssertThrowsError(try small.withUnsafeMutableBytes { out in
-            try payload.withUnsafeBytes { try UdpFrame.encode(from: from, payload: $0, into: out) }
-        }) { e in XCTAssertEqual(e as? ProtocolError, .bufferTooSmall(needed: 16, available: 10)) }
+        XCTAssertThrowsError(
+            try small.withUnsafeMutableBytes {
+                try UdpHeader.encodePrefix(from: from, payloadLength: 3, into: $0)
+            }
+        ) { e in XCTAssertEqual(e as? ProtocolError, .bufferTooSmall(needed: 13, available: 10)) }
+        XCTAssertThrowsError(
+            try small.withUnsafeMutableBytes { out in
+                try payload.withUnsafeBytes { try UdpFrame.encode(from: from, payload: $0, into: out) }
+            }
+        ) { e in XCTAssertEqual(e as? ProtocolError, .bufferTooSmall(needed: 16, available: 10)) }
     }
 
     func testUdpLargePayloads() throws {

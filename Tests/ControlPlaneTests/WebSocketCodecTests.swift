@@ -1,3 +1,4 @@
+import ControlPlane
 // The websocket codec (frames, masking, the upgrade) against RFC 6455's own examples and against
 // the recorded upstream session (../shared/wire/07-websocket.hex.txt): every upgrade request and
 // response upstream sent is rebuilt byte for byte from its key, and every frame either side sent
@@ -5,11 +6,9 @@
 import Foundation
 import XCTest
 
-import ControlPlane
-
 /// The chunks of one scenario, per connection and direction, in order.
 struct WireTranscript {
-    var chunks: [String: [[UInt8]]] = [:]   // "c1 C>S" -> chunks
+    var chunks: [String: [[UInt8]]] = [:]  // "c1 C>S" -> chunks
 
     init(named name: String) throws {
         let text = try String(contentsOf: wireTranscriptsDirectory.appendingPathComponent(name), encoding: .utf8)
@@ -97,17 +96,21 @@ final class WebSocketCodecTests: XCTestCase {
 
     private func request(_ lines: [String]) -> [UInt8] { Array((lines.joined(separator: "\r\n") + "\r\n\r\n").utf8) }
 
-    private let good = ["GET / HTTP/1.1", "Host: h:1", "Connection: Upgrade", "Upgrade: websocket",
-                        "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
+    private let good = [
+        "GET / HTTP/1.1", "Host: h:1", "Connection: Upgrade", "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ]
 
     /// What tungstenite requires of a request, we require; the rest (path, case, other headers,
     /// a Connection list, an extension offer) does not matter.
     func testServerChecksTheRequestAsUpstream() throws {
         XCTAssertEqual(try WebSocketHandshake.checkRequest(request(good)), "dGhlIHNhbXBsZSBub25jZQ==")
         // What the Python websockets client and browsers send.
-        let python = ["GET /some/path?x=1 HTTP/1.1", "host: h", "upgrade: WebSocket", "connection: keep-alive, Upgrade",
-                      "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version: 13",
-                      "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits", "User-Agent: Python/3.11 websockets/17.4"]
+        let python = [
+            "GET /some/path?x=1 HTTP/1.1", "host: h", "upgrade: WebSocket", "connection: keep-alive, Upgrade",
+            "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version: 13",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits", "User-Agent: Python/3.11 websockets/17.4",
+        ]
         XCTAssertEqual(try WebSocketHandshake.checkRequest(request(python)), "dGhlIHNhbXBsZSBub25jZQ==")
 
         func refused(_ lines: [String], _ why: String) {
@@ -133,8 +136,10 @@ final class WebSocketCodecTests: XCTestCase {
         XCTAssertThrowsError(try WebSocketHandshake.checkRequest(found)) {
             XCTAssertEqual($0 as? WebSocketHandshakeError, .malformed("request line \"GET / HTTP/1t?osH?1.: 127.0.0.1:2334\""))
         }
-        let heads = ["GET / HTTP/1.1\nX\r\nHost: h\r\n\r\n", "GET / HTTP/1.1\r\nBad\rName: x\r\n\r\n",
-                     "GET / HTTP/1.1\rX\r\n\r\n", "GET / HTTP/1.\n1\r\n\r\n"]
+        let heads = [
+            "GET / HTTP/1.1\nX\r\nHost: h\r\n\r\n", "GET / HTTP/1.1\r\nBad\rName: x\r\n\r\n",
+            "GET / HTTP/1.1\rX\r\n\r\n", "GET / HTTP/1.\n1\r\n\r\n",
+        ]
         for head in heads {
             XCTAssertThrowsError(try WebSocketHandshake.checkRequest(Array(head.utf8))) {
                 let line = "\($0)"
@@ -149,8 +154,10 @@ final class WebSocketCodecTests: XCTestCase {
 
     func testClientChecksTheResponseAsUpstream() throws {
         let key = "dGhlIHNhbXBsZSBub25jZQ=="
-        let ok = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
-                  "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "Date: today", "Server: Python/3.11 websockets/17.4"]
+        let ok = [
+            "HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+            "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "Date: today", "Server: Python/3.11 websockets/17.4",
+        ]
         XCTAssertNoThrow(try WebSocketHandshake.checkResponse(request(ok), key: key))
         func refused(_ lines: [String], _ why: String) {
             XCTAssertThrowsError(try WebSocketHandshake.checkResponse(request(lines), key: key), why)
@@ -197,7 +204,7 @@ final class WebSocketCodecTests: XCTestCase {
             }
             func decode(_ key: String, clientFrames: Bool) throws -> ([UInt8], [WebSocketControlFrame]) {
                 let chunks = try XCTUnwrap(t.chunks[key])
-                let frames = Array(chunks.dropFirst().joined())   // after the upgrade
+                let frames = Array(chunks.dropFirst().joined())  // after the upgrade
                 return try decodeStream(frames, peerMasks: clientFrames, pieces: pieces(frames.count))
             }
             // Control channel: Hello, then Auth from the client; Hello, Ack, 8 + 1 CreateDataChannel from the server.
@@ -226,7 +233,7 @@ final class WebSocketCodecTests: XCTestCase {
         XCTAssertEqual(serverAck, nine, "Ack Ok and eight CreateDataChannel, one message each")
         let close = try XCTUnwrap(t.chunks["c2 S>C"]?.last)
         XCTAssertEqual(close, WebSocketFrame.encode(opcode: 8, payload: [], mask: nil))
-        let echoed = try XCTUnwrap(t.chunks["c2 C>S"]?.last)   // 82 8a <mask> <masked "hello ws-0">
+        let echoed = try XCTUnwrap(t.chunks["c2 C>S"]?.last)  // 82 8a <mask> <masked "hello ws-0">
         let mask = echoed[2..<6].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
         XCTAssertEqual(echoed, WebSocketFrame.encode(opcode: 2, payload: Array("hello ws-0".utf8), mask: mask))
     }
@@ -257,7 +264,9 @@ final class WebSocketCodecTests: XCTestCase {
             let expected = input.enumerated().map { $1 ^ keyBytes[($0 + phase) % 4] }
             var out = [UInt8](repeating: 0, count: count)
             let next = input.withUnsafeBytes { i in
-                out.withUnsafeMutableBytes { o in WebSocketFrame.applyMask(mask, phase: phase, from: i.baseAddress, to: o.baseAddress!, count: count) }
+                out.withUnsafeMutableBytes { o in
+                    WebSocketFrame.applyMask(mask, phase: phase, from: i.baseAddress, to: o.baseAddress!, count: count)
+                }
             }
             XCTAssertEqual(out, expected)
             XCTAssertEqual(next, (phase + count) % 4)
@@ -284,7 +293,8 @@ final class WebSocketCodecTests: XCTestCase {
     }
 
     func testBytesAfterACloseAreIgnored() throws {
-        let stream = frame(fin: true, opcode: 2, [1, 2, 3], mask: nil) + frame(fin: true, opcode: 8, [0x03, 0xE8], mask: nil)
+        let stream =
+            frame(fin: true, opcode: 2, [1, 2, 3], mask: nil) + frame(fin: true, opcode: 8, [0x03, 0xE8], mask: nil)
             + frame(fin: true, opcode: 2, [4, 5, 6], mask: nil)
         let (payload, controls) = try decodeStream(stream, peerMasks: false, pieces: [stream.count])
         XCTAssertEqual(payload, [1, 2, 3])

@@ -1,8 +1,9 @@
-// The CopyRelay (user-space buffers, for streams that cannot be spliced), end to end over loopback.
-@testable import DataPlane
 import Glibc
 import TestKit
 import XCTest
+
+// The CopyRelay (user-space buffers, for streams that cannot be spliced), end to end over loopback.
+@testable import DataPlane
 
 final class CopyRelayTests: XCTestCase {
     override func setUp() {

@@ -1,8 +1,9 @@
-// Shutting a RingExecutor down with work in flight: waiting operations, idle and busy relays.
-@testable import DataPlane
 import Glibc
 import TestKit
 import XCTest
+
+// Shutting a RingExecutor down with work in flight: waiting operations, idle and busy relays.
+@testable import DataPlane
 
 final class ExecutorShutdownTests: XCTestCase {
     override func setUp() {
@@ -35,40 +36,43 @@ final class ExecutorShutdownTests: XCTestCase {
             let ring = group.executors[i % 2]
             let (x, inner) = try listener.pair()
             heldOpen += [x, inner]
-            waiting.append(Task(executorPreference: ring) { () -> IOError? in
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
-                defer { buffer.deallocate() }
-                do throws(IOError) {
-                    if i % 10 == 0 {
-                        _ = try await ring.poll(inner, events: Int32(POLLIN))
-                    } else {
-                        _ = try await ring.recv(inner, into: buffer)
+            waiting.append(
+                Task(executorPreference: ring) { () -> IOError? in
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+                    defer { buffer.deallocate() }
+                    do throws(IOError) {
+                        if i % 10 == 0 {
+                            _ = try await ring.poll(inner, events: Int32(POLLIN))
+                        } else {
+                            _ = try await ring.recv(inner, into: buffer)
+                        }
+                        return nil
+                    } catch {
+                        check.check(ring)
+                        return error
                     }
-                    return nil
-                } catch {
-                    check.check(ring)
-                    return error
-                }
-            })
+                })
         }
         for ring in group.executors {
-            waiting.append(Task(executorPreference: ring) { () -> IOError? in
-                do throws(IOError) {
-                    let fd = try await ring.accept(idleListener.fd)
-                    close(fd)
-                    return nil
-                } catch {
-                    return error
-                }
-            })
-            waiting.append(Task(executorPreference: ring) { () -> IOError? in
-                do throws(IOError) {
-                    try await ring.sleep(for: .seconds(3600))
-                    return nil
-                } catch {
-                    return error
-                }
-            })
+            waiting.append(
+                Task(executorPreference: ring) { () -> IOError? in
+                    do throws(IOError) {
+                        let fd = try await ring.accept(idleListener.fd)
+                        close(fd)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                })
+            waiting.append(
+                Task(executorPreference: ring) { () -> IOError? in
+                    do throws(IOError) {
+                        try await ring.sleep(for: .seconds(3600))
+                        return nil
+                    } catch {
+                        return error
+                    }
+                })
         }
 
         // Idle relays (both APIs) and one busy relay per ring with streams flowing both ways.
@@ -98,7 +102,7 @@ final class ExecutorShutdownTests: XCTestCase {
         }
         let counters = progress
         try await waitUntil(30, "busy relays moving data") { counters.allSatisfy { $0.count >= 1 << 20 } }
-        try await Task.sleep(for: .milliseconds(50))   // let every waiting op get in flight
+        try await Task.sleep(for: .milliseconds(50))  // let every waiting op get in flight
         for (i, task) in waiting.enumerated() {
             XCTAssertFalse(task.isCancelled, "task \(i)")
         }
@@ -111,7 +115,7 @@ final class ExecutorShutdownTests: XCTestCase {
         }
         let took = try await withDeadline(10, "RingGroup.shutdown() with work in flight") { await shutdown.value }
         XCTAssertLessThan(took, .seconds(5), "shutdown took \(took)")
-        group.shutdown()   // a second call does nothing
+        group.shutdown()  // a second call does nothing
 
         for (i, task) in waiting.enumerated() {
             let error = try await withDeadline(5, "waiting task \(i) to end") { await task.value }

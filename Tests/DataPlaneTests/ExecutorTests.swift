@@ -1,10 +1,11 @@
-// The RingExecutor: async socket operations on io_uring, where continuations resume, cancellation,
-// timeouts and typed errors.
-@testable import DataPlane
 import Glibc
 import Synchronization
 import TestKit
 import XCTest
+
+// The RingExecutor: async socket operations on io_uring, where continuations resume, cancellation,
+// timeouts and typed errors.
+@testable import DataPlane
 
 final class ExecutorTests: XCTestCase {
     override func setUp() {
@@ -82,8 +83,10 @@ final class ExecutorTests: XCTestCase {
 
     /// Accepts on `ring` until cancelled and echoes each connection, alternating between the rings
     /// of `group` (so half the fds move to another worker).
-    private static func serveEcho(_ group: RingGroup, on ring: RingExecutor, listener: Int32, _ check: RingThreadCheck,
-                                  _ served: ByteCounter, _ failures: ByteCounter) async {
+    private static func serveEcho(
+        _ group: RingGroup, on ring: RingExecutor, listener: Int32, _ check: RingThreadCheck,
+        _ served: ByteCounter, _ failures: ByteCounter
+    ) async {
         await withDiscardingTaskGroup { handlers in
             var i = 0
             while true {
@@ -182,8 +185,10 @@ final class ExecutorTests: XCTestCase {
     /// ended. Fails the test if it never gets in flight, does not end promptly, or leaves its slot
     /// behind. An operation that never reached the ring would fail at once in a cancelled task
     /// without testing anything, hence the wait.
-    private func cancelInFlight(_ ring: RingExecutor, _ what: String, stuck: @escaping @Sendable () -> Bool = { true },
-                                _ op: @escaping @Sendable () async throws(IOError) -> Void) async throws -> IOError? {
+    private func cancelInFlight(
+        _ ring: RingExecutor, _ what: String, stuck: @escaping @Sendable () -> Bool = { true },
+        _ op: @escaping @Sendable () async throws(IOError) -> Void
+    ) async throws -> IOError? {
         let before = await operationsInFlight(ring)
         let task = Task(executorPreference: ring) { () -> IOError? in
             do throws(IOError) {
@@ -318,8 +323,9 @@ final class ExecutorTests: XCTestCase {
                 do throws(IOError) {
                     // Far more than loopback socket buffers hold.
                     for _ in 0..<512 {
-                        try await ring.sendAll(inner, RandomPool.shared.slice(seed: 5, count: 1 << 20),
-                                               timeout: .milliseconds(200))
+                        try await ring.sendAll(
+                            inner, RandomPool.shared.slice(seed: 5, count: 1 << 20),
+                            timeout: .milliseconds(200))
                     }
                     return nil
                 } catch {

@@ -1,7 +1,8 @@
+import TestKit
+
 // How many operations a ring has in flight, read on its own thread: the proof that an operation a
 // test cancels or interrupts had reached the ring (and was not just refused before submission).
 @testable import DataPlane
-import TestKit
 
 func operationsInFlight(_ ring: RingExecutor) async -> Int {
     await Task(executorPreference: ring) { ring.slots.inFlight }.value
@@ -9,8 +10,10 @@ func operationsInFlight(_ ring: RingExecutor) async -> Int {
 
 /// Waits until `ring` has more than `count` operations in flight and `alsoTrue` holds, both still
 /// so 50 ms later (an operation that was about to complete has by then).
-func waitForOperationInFlight(_ ring: RingExecutor, moreThan count: Int, _ what: String, timeout: Double = 20,
-                              alsoTrue: @Sendable () -> Bool = { true }) async throws {
+func waitForOperationInFlight(
+    _ ring: RingExecutor, moreThan count: Int, _ what: String, timeout: Double = 20,
+    alsoTrue: @Sendable () -> Bool = { true }
+) async throws {
     let deadline = monoNow() + timeout
     var since: Double?
     while true {

@@ -1,9 +1,10 @@
-// The zero-copy splice relay, end to end over loopback.
-@testable import DataPlane
 import Glibc
 import Synchronization
 import TestKit
 import XCTest
+
+// The zero-copy splice relay, end to end over loopback.
+@testable import DataPlane
 
 final class RelayTests: XCTestCase {
     override func setUp() {
@@ -133,10 +134,11 @@ final class RelayTests: XCTestCase {
             let (x, a) = try listener.pair()
             let (y, b) = try listener.pair()
             relays.append(await startRelay(i % 2 == 0 ? .spliceAsync : .spliceHandle, on: ring, a, b))
-            peers.append(Peers(
-                x: x, y: y,
-                sendX: PeerThread { Blocking.sendStream(x, count: size, seed: 2 * i) },
-                sendY: PeerThread { Blocking.sendStream(y, count: size + i, seed: 2 * i + 1) }))
+            peers.append(
+                Peers(
+                    x: x, y: y,
+                    sendX: PeerThread { Blocking.sendStream(x, count: size, seed: 2 * i) },
+                    sendY: PeerThread { Blocking.sendStream(y, count: size + i, seed: 2 * i + 1) }))
         }
         try await waitUntil(30, "a direction waiting for a pipe") { group.counters.pipeWaits > 0 }
         XCTAssertLessThanOrEqual(group.counters.pipesLent, 2)
@@ -149,8 +151,9 @@ final class RelayTests: XCTestCase {
                 let (rx, ry) = (await receivers[i].x.value, await receivers[i].y.value)
                 close(p.x)
                 close(p.y)
-                XCTAssertTrue(sx.errno == 0 && sy.errno == 0 && rx.errno == 0 && ry.errno == 0,
-                              "relay \(i): \(sx) / \(sy) / \(rx) / \(ry)")
+                XCTAssertTrue(
+                    sx.errno == 0 && sy.errno == 0 && rx.errno == 0 && ry.errno == 0,
+                    "relay \(i): \(sx) / \(sy) / \(rx) / \(ry)")
                 XCTAssertEqual(ry.digest, sx.digest, "relay \(i): a -> b corrupted")
                 XCTAssertEqual(rx.digest, sy.digest, "relay \(i): b -> a corrupted")
             }
@@ -214,7 +217,9 @@ final class RelayTests: XCTestCase {
                 for i in 0..<n {
                     let ring = relays.executors[i % 2]
                     let q = all[i]
-                    group.addTask(executorPreference: ring) { (i, await ring.relay(FileDescriptor(adopting: q.a), FileDescriptor(adopting: q.b))) }
+                    group.addTask(executorPreference: ring) {
+                        (i, await ring.relay(FileDescriptor(adopting: q.a), FileDescriptor(adopting: q.b)))
+                    }
                 }
                 var out = [RelayResult?](repeating: nil, count: n)
                 for await (i, r) in group { out[i] = r }
@@ -228,10 +233,12 @@ final class RelayTests: XCTestCase {
                     let ring = peers.executors[i % 2]
                     let q = all[i]
                     group.addTask(executorPreference: ring) {
-                        async let fromX = Self.exchange(ring, q.x, send: (2 * i, Self.size(i, 0)),
-                                                        expect: (2 * i + 1, Self.size(i, 1)), check)
-                        async let fromY = Self.exchange(ring, q.y, send: (2 * i + 1, Self.size(i, 1)),
-                                                        expect: (2 * i, Self.size(i, 0)), check)
+                        async let fromX = Self.exchange(
+                            ring, q.x, send: (2 * i, Self.size(i, 0)),
+                            expect: (2 * i + 1, Self.size(i, 1)), check)
+                        async let fromY = Self.exchange(
+                            ring, q.y, send: (2 * i + 1, Self.size(i, 1)),
+                            expect: (2 * i, Self.size(i, 0)), check)
                         let (fx, fy) = await (fromX, fromY)
                         check.check(ring)
                         close(q.x)
@@ -272,8 +279,10 @@ final class RelayTests: XCTestCase {
 
     /// Sends one stream on `fd` and shuts down writing while receiving the expected stream until
     /// EOF; returns what went wrong, if anything. Runs on `ring`.
-    private static func exchange(_ ring: RingExecutor, _ fd: Int32, send: (seed: Int, count: Int),
-                                 expect: (seed: Int, count: Int), _ check: RingThreadCheck) async -> String? {
+    private static func exchange(
+        _ ring: RingExecutor, _ fd: Int32, send: (seed: Int, count: Int),
+        expect: (seed: Int, count: Int), _ check: RingThreadCheck
+    ) async -> String? {
         async let received = receive(ring, fd, expect: expect, check)
         var failure: String?
         do {
@@ -287,8 +296,10 @@ final class RelayTests: XCTestCase {
         return failure ?? r
     }
 
-    private static func receive(_ ring: RingExecutor, _ fd: Int32, expect: (seed: Int, count: Int),
-                                _ check: RingThreadCheck) async -> String? {
+    private static func receive(
+        _ ring: RingExecutor, _ fd: Int32, expect: (seed: Int, count: Int),
+        _ check: RingThreadCheck
+    ) async -> String? {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: expect.count + 1, alignment: 8)
         defer { buffer.deallocate() }
         var got = 0

@@ -1,7 +1,8 @@
-// $NOTIFY_SOCKET addresses (pure), and one notification through a real AF_UNIX datagram socket.
-@testable import DataPlane
 import Glibc
 import XCTest
+
+// $NOTIFY_SOCKET addresses (pure), and one notification through a real AF_UNIX datagram socket.
+@testable import DataPlane
 
 final class ServiceNotifierTests: XCTestCase {
     private let pathOffset = MemoryLayout<sockaddr_un>.offset(of: \.sun_path)!

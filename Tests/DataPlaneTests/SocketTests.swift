@@ -1,8 +1,9 @@
-// Socket set-up helpers and SocketAddress, on real loopback sockets.
-@testable import DataPlane
 import Glibc
 import TestKit
 import XCTest
+
+// Socket set-up helpers and SocketAddress, on real loopback sockets.
+@testable import DataPlane
 
 final class SocketTests: XCTestCase {
     override func setUp() {

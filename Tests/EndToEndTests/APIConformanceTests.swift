@@ -17,12 +17,13 @@ final class APIConformanceTests: EndToEndCase {
 
     private func run(against api: UInt16, extra: [String]) throws -> String {
         let spec = Paths.packageRoot + "/docs/openapi.yaml"
-        let argv = [
-            try schemathesis(), "run", spec, "--url", "http://127.0.0.1:\(api)",
-            "--header", "Authorization: Bearer \(APIConfig.token)",
-            "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-            "--max-examples", "60", "--workers", "1", "--request-timeout", "10",
-        ] + extra
+        let argv =
+            [
+                try schemathesis(), "run", spec, "--url", "http://127.0.0.1:\(api)",
+                "--header", "Authorization: Bearer \(APIConfig.token)",
+                "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+                "--max-examples", "60", "--workers", "1", "--request-timeout", "10",
+            ] + extra
         // Run in the test's directory: schemathesis and hypothesis keep their caches in the
         // working directory.
         let command = "cd '\(dir)' && exec " + argv.map { "'\($0)'" }.joined(separator: " ")

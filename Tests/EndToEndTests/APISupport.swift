@@ -18,8 +18,10 @@ struct HTTPReply {
 }
 
 enum HTTP {
-    static func request(port: UInt16, _ method: String, _ path: String, token: String? = nil, body: [UInt8]? = nil,
-                        timeout: Double = 20) throws -> HTTPReply {
+    static func request(
+        port: UInt16, _ method: String, _ path: String, token: String? = nil, body: [UInt8]? = nil,
+        timeout: Double = 20
+    ) throws -> HTTPReply {
         let c = try Conn.connect(port: port)
         defer { c.close() }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"

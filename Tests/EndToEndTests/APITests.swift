@@ -52,7 +52,8 @@ final class APITests: EndToEndCase {
         let echo = keep(try LocalService.echo())
         let port = Ports.free()
 
-        let onServer = try put(ends.serverAPI, "web", ["type": "tcp", "token": "web-token", "bind_addr": "127.0.0.1:\(port)", "nodelay": true])
+        let onServer = try put(
+            ends.serverAPI, "web", ["type": "tcp", "token": "web-token", "bind_addr": "127.0.0.1:\(port)", "nodelay": true])
         XCTAssertEqual(onServer.status, 201, onServer.text)
         XCTAssertEqual(onServer.object["bind_addr"] as? String, "127.0.0.1:\(port)")
         XCTAssertNil(onServer.object["token"], "the token is never shown")
@@ -74,9 +75,13 @@ final class APITests: EndToEndCase {
 
         // Written to both files; the file watcher, woken by the write, finds nothing left to apply.
         let serverFile = try String(contentsOfFile: ends.server.configPath, encoding: .utf8)
-        XCTAssertTrue(serverFile.contains("[server.services.web]\ntype = \"tcp\"\ntoken = \"web-token\"\nbind_addr = \"127.0.0.1:\(port)\"\nnodelay = true\n"), serverFile)
+        XCTAssertTrue(
+            serverFile.contains(
+                "[server.services.web]\ntype = \"tcp\"\ntoken = \"web-token\"\nbind_addr = \"127.0.0.1:\(port)\"\nnodelay = true\n"),
+            serverFile)
         let clientFile = try String(contentsOfFile: ends.client.configPath, encoding: .utf8)
-        XCTAssertTrue(clientFile.contains("[client.services.web]\ntoken = \"web-token\"\nlocal_addr = \"127.0.0.1:\(echo.port)\"\n"), clientFile)
+        XCTAssertTrue(
+            clientFile.contains("[client.services.web]\ntoken = \"web-token\"\nlocal_addr = \"127.0.0.1:\(echo.port)\"\n"), clientFile)
         sleepSeconds(1.5)
         for p in [ends.server, ends.client] {
             XCTAssertEqual(p.occurrences(of: "service web added"), 1, "\(p.name): applied once")
@@ -110,7 +115,9 @@ final class APITests: EndToEndCase {
         let echo = keep(try LocalService.echo())
         let first = ServiceSpec("svc", port: Ports.free(), localPort: echo.port)
         let ends = try startWithAPI([first])
-        let text = "# operator's note\n" + (try String(contentsOfFile: ends.server.configPath, encoding: .utf8))
+        let text =
+            "# operator's note\n"
+            + (try String(contentsOfFile: ends.server.configPath, encoding: .utf8))
             .replacingOccurrences(of: "type = \"tcp\"\n", with: "type = \"tcp\"  # keep tcp\n")
         try ConfigFile.rewriteInPlace(ends.server.configPath, text)
         sleepSeconds(1)
@@ -136,13 +143,15 @@ final class APITests: EndToEndCase {
     func testInlineTableLayoutIsRewrittenWholeAndStillParses() throws {
         let (control, api) = (Ports.free(), Ports.free())
         let old = Ports.free()
-        let server = rathole("server", config: """
-            [server]
-            bind_addr = "127.0.0.1:\(control)"
-            [server.services]
-            svc = { token = "t", bind_addr = "127.0.0.1:\(old)" }
-            \(APIConfig.table("server", port: api))
-            """)
+        let server = rathole(
+            "server",
+            config: """
+                [server]
+                bind_addr = "127.0.0.1:\(control)"
+                [server.services]
+                svc = { token = "t", bind_addr = "127.0.0.1:\(old)" }
+                \(APIConfig.table("server", port: api))
+                """)
         try server.start()
         try waitForAPI(port: api)
         let moved = Ports.free()
@@ -214,7 +223,8 @@ final class APITests: EndToEndCase {
 
     func testBadApiTablesStopTheStart() throws {
         let control = Ports.free()
-        let missing = rathole("missing", config: "[server]\nbind_addr = \"127.0.0.1:\(control)\"\n[server.api]\nbind_addr = \"127.0.0.1:\(Ports.free())\"\n")
+        let missing = rathole(
+            "missing", config: "[server]\nbind_addr = \"127.0.0.1:\(control)\"\n[server.api]\nbind_addr = \"127.0.0.1:\(Ports.free())\"\n")
         try missing.start()
         XCTAssertEqual(missing.waitForExit(timeout: 15)?.description, "exit code 1")
         XCTAssertTrue(missing.log.contains("server.api.token: required key is missing"), missing.log)
@@ -298,7 +308,8 @@ final class APITests: EndToEndCase {
             XCTAssertGreaterThan(m["process_resident_memory_bytes"] ?? 0, 1_048_576, side)
         }
         // The server keeps idle data channels ready for the next visitor.
-        XCTAssertTrue(waitUntil(timeout: 10) { ((try? metrics(port: ends.serverAPI))?["rathole_data_channels_idle{service=\"count\"}"] ?? 0) > 0 })
+        XCTAssertTrue(
+            waitUntil(timeout: 10) { ((try? metrics(port: ends.serverAPI))?["rathole_data_channels_idle{service=\"count\"}"] ?? 0) > 0 })
     }
 
     func testHandshakeFailuresAreCountedByReason() throws {
@@ -313,12 +324,13 @@ final class APITests: EndToEndCase {
         try garbage.send(Array(repeating: 0x41, count: 100))
         _ = garbage.waitClosed(timeout: 10)
         garbage.close()
-        XCTAssertTrue(waitUntil(timeout: 10) {
-            let m = (try? self.metrics(port: ends.serverAPI)) ?? [:]
-            return m["rathole_handshake_failures_total{reason=\"wrong_token\"}"] == 1
-                && m["rathole_handshake_failures_total{reason=\"unknown_service\"}"] == 1
-                && m["rathole_handshake_failures_total{reason=\"protocol\"}"] == 1
-        }, "\((try? metrics(port: ends.serverAPI))?.filter { $0.key.contains("handshake") } ?? [:])")
+        XCTAssertTrue(
+            waitUntil(timeout: 10) {
+                let m = (try? self.metrics(port: ends.serverAPI)) ?? [:]
+                return m["rathole_handshake_failures_total{reason=\"wrong_token\"}"] == 1
+                    && m["rathole_handshake_failures_total{reason=\"unknown_service\"}"] == 1
+                    && m["rathole_handshake_failures_total{reason=\"protocol\"}"] == 1
+            }, "\((try? metrics(port: ends.serverAPI))?.filter { $0.key.contains("handshake") } ?? [:])")
     }
 
     func testUDPDatagramsAreCounted() throws {
@@ -330,10 +342,12 @@ final class APITests: EndToEndCase {
         XCTAssertNotNil(socket.roundTrip(Array("warm".utf8), toPort: svc.port, attempts: 20, timeout: 1), "the UDP service forwards")
         let start = try metrics(port: ends.serverAPI)
         for i in 0..<10 {
-            XCTAssertEqual(socket.roundTrip(Array("datagram \(i)".utf8), toPort: svc.port, attempts: 1, timeout: 5), Array("datagram \(i)".utf8))
+            XCTAssertEqual(
+                socket.roundTrip(Array("datagram \(i)".utf8), toPort: svc.port, attempts: 1, timeout: 5), Array("datagram \(i)".utf8))
         }
         let key = { (direction: String) in "rathole_udp_datagrams_total{service=\"dns\",direction=\"\(direction)\"}" }
-        XCTAssertTrue(waitUntil(timeout: 5) { ((try? self.metrics(port: ends.serverAPI))?[key("out")] ?? 0) - (start[key("out")] ?? 0) == 10 })
+        XCTAssertTrue(
+            waitUntil(timeout: 5) { ((try? self.metrics(port: ends.serverAPI))?[key("out")] ?? 0) - (start[key("out")] ?? 0) == 10 })
         let end = try metrics(port: ends.serverAPI)
         XCTAssertEqual((end[key("in")] ?? 0) - (start[key("in")] ?? 0), 10)
         let client = try metrics(port: ends.clientAPI)

@@ -19,7 +19,8 @@ final class AddressFamilyTests: EndToEndCase {
     func testTunnelOverIPv6() throws {
         try requireIPv6()
         let echo = keep(try LocalService.echo(ipv6: true))
-        var config = TunnelConfig(services: [ServiceSpec("v6", port: Ports.free(), localPort: echo.port, bindHost: "::1", localHost: "::1")])
+        var config = TunnelConfig(services: [ServiceSpec("v6", port: Ports.free(), localPort: echo.port, bindHost: "::1", localHost: "::1")]
+        )
         config.bindAddr = "[::1]:\(config.controlPort)"
         config.remoteAddr = config.bindAddr
         let (server, client) = try start(config)
@@ -27,8 +28,9 @@ final class AddressFamilyTests: EndToEndCase {
             try echoOnce(port: config.services[0].port, payload: patternBytes(count: size, seed: UInt64(60 + i)), ipv6: true)
         }
         XCTAssertEqual(echo.accepted, 3)
-        XCTAssertTrue(server.tcpSockets.filter { $0.isEstablished && $0.localPort == config.controlPort }.allSatisfy(\.ipv6),
-                      "the channels run over IPv6")
+        XCTAssertTrue(
+            server.tcpSockets.filter { $0.isEstablished && $0.localPort == config.controlPort }.allSatisfy(\.ipv6),
+            "the channels run over IPv6")
         XCTAssertThrowsError(try Conn.connect(port: config.services[0].port), "the service listens on [::1] only")
         XCTAssertTrue(server.isRunning && client.isRunning)
     }
@@ -53,8 +55,11 @@ final class AddressFamilyTests: EndToEndCase {
         try requireIPv6()
         let hosts = writeFile("hosts", "127.0.0.1 localhost\n127.0.0.1 dualhost\n::1 dualhost\n")
         let echo = keep(try LocalService.echo(ipv6: true))
-        var config = TunnelConfig(services: [ServiceSpec("dual", port: Ports.free(), localPort: echo.port, bindHost: "::1",
-                                                         clientKeys: ["prefer_ipv6 = true"])])
+        var config = TunnelConfig(services: [
+            ServiceSpec(
+                "dual", port: Ports.free(), localPort: echo.port, bindHost: "::1",
+                clientKeys: ["prefer_ipv6 = true"])
+        ])
         config.services[0].localAddr = "dualhost:\(echo.port)"
         config.bindAddr = "[::1]:\(config.controlPort)"
         config.remoteAddr = "dualhost:\(config.controlPort)"
@@ -67,8 +72,9 @@ final class AddressFamilyTests: EndToEndCase {
         v4.launcher = try withHostsFile(hosts)
         try v4.start()
         XCTAssertTrue(v4.waitForLog("retrying", count: 2, timeout: 20), "the IPv4 attempt is refused and retried")
-        XCTAssertTrue(v4.lines(containing: "retrying").first?.contains("127.0.0.1:\(config.controlPort)") ?? false,
-                      "it tried the IPv4 address: \(v4.lines(containing: "retrying").first ?? "")")
+        XCTAssertTrue(
+            v4.lines(containing: "retrying").first?.contains("127.0.0.1:\(config.controlPort)") ?? false,
+            "it tried the IPv4 address: \(v4.lines(containing: "retrying").first ?? "")")
         XCTAssertEqual(server.connections(acceptedOn: config.controlPort).count, 0)
         v4.killNow()
 

@@ -56,8 +56,9 @@ final class BurstTests: EndToEndCase {
     private func pollingEchoTunnel() throws -> EchoTunnel {
         let echo = try PollingEcho()
         let publicPort = Ports.free()
-        let (server, client) = try start(TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: echo.port)]),
-                                         environment: ["RUST_LOG": "info"])
+        let (server, client) = try start(
+            TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: echo.port)]),
+            environment: ["RUST_LOG": "info"])
         XCTAssertTrue(waitUntilForwarding(port: publicPort, timeout: 15))
         return EchoTunnel(server: server, client: client, publicPort: publicPort, echo: echo)
     }
@@ -69,8 +70,9 @@ final class BurstTests: EndToEndCase {
         let second = RatholeProcess(name: "second-server", configPath: t.server.configPath, dir: dir)
         try second.start()
         XCTAssertEqual(second.waitForExit(timeout: 15), .exited(1))
-        XCTAssertTrue(second.log.contains("127.0.0.1:\(t.controlPort)") && second.log.contains("in use"),
-                      "the error names the address: \(second.log)")
+        XCTAssertTrue(
+            second.log.contains("127.0.0.1:\(t.controlPort)") && second.log.contains("in use"),
+            "the error names the address: \(second.log)")
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 10), "the first server still serves")
     }
 }

@@ -18,11 +18,13 @@ enum Recorded {
     static let ackOk = hexBytes("00000000")
     static let createDataChannel = hexBytes("00000000")
     /// The server's chunks after its Hello in 01: Ack Ok, then 5 + 3 CreateDataChannel.
-    static let serverChunks01 = [hexBytes("00000000"), hexBytes("0000000000000000000000000000000000000000"),
-                                 hexBytes("000000000000000000000000")]
+    static let serverChunks01 = [
+        hexBytes("00000000"), hexBytes("0000000000000000000000000000000000000000"),
+        hexBytes("000000000000000000000000"),
+    ]
     static let startForwardPlusPayload01 = hexBytes("0000000068656c6c6f20726174686f6c652d30")
-    static let payload0 = hexBytes("68656c6c6f20726174686f6c652d30")   // "hello rathole-0"
-    static let payload1 = hexBytes("68656c6c6f20726174686f6c652d31")   // "hello rathole-1"
+    static let payload0 = hexBytes("68656c6c6f20726174686f6c652d30")  // "hello rathole-0"
+    static let payload1 = hexBytes("68656c6c6f20726174686f6c652d31")  // "hello rathole-1"
 
     // 02-wrong-token: server token "right_token", client token "wrong_token".
     static let nonce02 = hexBytes("a55912afba5069e3e66a9fbaa1d7acc14db0e23b9b4b6235d7113732bb13ebee")
@@ -39,7 +41,9 @@ enum Recorded {
 
 final class ConformanceTests: EndToEndCase {
     /// Our server with one service "echo" on a fresh public port.
-    private func startOurServer(token: String, heartbeatInterval: Int? = nil) throws -> (server: RatholeProcess, control: UInt16, publicPort: UInt16) {
+    private func startOurServer(
+        token: String, heartbeatInterval: Int? = nil
+    ) throws -> (server: RatholeProcess, control: UInt16, publicPort: UInt16) {
         var config = TunnelConfig(services: [ServiceSpec("echo", port: Ports.free(), localPort: 1)], token: token)
         if let heartbeatInterval { config.serverKeys = ["heartbeat_interval = \(heartbeatInterval)"] }
         let server = rathole("server", config: config.serverText)
@@ -95,8 +99,9 @@ final class ConformanceTests: EndToEndCase {
         let sessionKey = authDigest(token: "wire_token_1", nonce: nonce)
         try c.send(sessionKey)
         let answer = try c.readExact(36, timeout: 10)
-        XCTAssertEqual(hexString(answer), hexString(Recorded.serverChunks01.flatMap { $0 }),
-                       "after Auth: Ack Ok then exactly eight CreateDataChannel")
+        XCTAssertEqual(
+            hexString(answer), hexString(Recorded.serverChunks01.flatMap { $0 }),
+            "after Auth: Ack Ok then exactly eight CreateDataChannel")
         let messages = ControlMessages(c)
         try messages.readUntilNewHeartbeat()
         XCTAssertEqual(messages.others.map { hexString($0) }, [], "no more than eight CreateDataChannel at first")
@@ -116,8 +121,9 @@ final class ConformanceTests: EndToEndCase {
             XCTFail("no data channel received StartForwardTcp")
             return
         }
-        XCTAssertEqual(hexString(try chosen.readExact(19, timeout: 10)), hexString(Recorded.startForwardPlusPayload01),
-                       "StartForwardTcp, then the visitor's bytes (the server never answers a data channel hello)")
+        XCTAssertEqual(
+            hexString(try chosen.readExact(19, timeout: 10)), hexString(Recorded.startForwardPlusPayload01),
+            "StartForwardTcp, then the visitor's bytes (the server never answers a data channel hello)")
 
         // The relay: back to the visitor, a second round, then FIN each way.
         try chosen.send(Recorded.payload0)
@@ -134,8 +140,9 @@ final class ConformanceTests: EndToEndCase {
         // The visitor was placed before its StartForwardTcp was written, and its refill asked for
         // then: a HeartBeat written after this point follows the refill.
         try messages.readUntilNewHeartbeat()
-        XCTAssertEqual(messages.others.map { hexString($0) }, [hexString(Recorded.createDataChannel)],
-                       "exactly one CreateDataChannel refill per visitor, and nothing else on the control channel")
+        XCTAssertEqual(
+            messages.others.map { hexString($0) }, [hexString(Recorded.createDataChannel)],
+            "exactly one CreateDataChannel refill per visitor, and nothing else on the control channel")
 
         // The client goes away (as at the end of the recording): its pooled channels are closed,
         // having carried nothing at all.
@@ -179,7 +186,7 @@ final class ConformanceTests: EndToEndCase {
     func testServerPairsEachNewDataChannelWithTheWaitingVisitor() throws {
         let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
         let (session, key) = try authenticatedControlChannel(port: control, token: "wire_token_1")
-        defer { session.close() }   // the session lives as long as its control channel
+        defer { session.close() }  // the session lives as long as its control channel
         for round in 0..<40 {
             let d = try Conn.connect(port: control)
             try d.send([1, 0, 0, 0, 1] + key)
@@ -217,8 +224,9 @@ final class ConformanceTests: EndToEndCase {
         XCTAssertEqual(try c.readExact(4, timeout: 5), Recorded.createDataChannel, "a request for a live channel")
         let d = try Conn.connect(port: control)
         try d.send([1, 0, 0, 0, 1] + key)
-        XCTAssertEqual(try d.readExact(4 + 19, timeout: 5), [0, 0, 0, 0] + Array("after the dead ones".utf8),
-                       "StartForwardTcp, then the visitor's bytes")
+        XCTAssertEqual(
+            try d.readExact(4 + 19, timeout: 5), [0, 0, 0, 0] + Array("after the dead ones".utf8),
+            "StartForwardTcp, then the visitor's bytes")
         d.close()
         v.close()
     }
@@ -330,25 +338,29 @@ final class ConformanceTests: EndToEndCase {
     func testClientAgainstRecordedServerSide01() throws {
         let fake = try Listener()
         let echo = keep(try LocalService.echo())
-        let client = rathole("client", config: """
-            [client]
-            remote_addr = "127.0.0.1:\(fake.port)"
-            default_token = "wire_token_1"
+        let client = rathole(
+            "client",
+            config: """
+                [client]
+                remote_addr = "127.0.0.1:\(fake.port)"
+                default_token = "wire_token_1"
 
-            [client.services.echo]
-            local_addr = "127.0.0.1:\(echo.port)"
-            """)
+                [client.services.echo]
+                local_addr = "127.0.0.1:\(echo.port)"
+                """)
         try client.start()
 
         guard let control = fake.accept(timeout: 15) else {
             XCTFail("our client never connected")
             return
         }
-        XCTAssertEqual(hexString(try control.readExact(37, timeout: 10)), hexString(Recorded.helloEcho),
-                       "client Hello = Hello(0, 1, sha256(\"echo\"))")
+        XCTAssertEqual(
+            hexString(try control.readExact(37, timeout: 10)), hexString(Recorded.helloEcho),
+            "client Hello = Hello(0, 1, sha256(\"echo\"))")
         try control.send(Recorded.serverHello01)
-        XCTAssertEqual(hexString(try control.readExact(32, timeout: 10)), hexString(Recorded.auth01),
-                       "Auth = sha256(token || recorded nonce)")
+        XCTAssertEqual(
+            hexString(try control.readExact(32, timeout: 10)), hexString(Recorded.auth01),
+            "Auth = sha256(token || recorded nonce)")
         for chunk in Recorded.serverChunks01 { try control.send(chunk) }
 
         var channels: [Conn] = []
@@ -357,8 +369,9 @@ final class ConformanceTests: EndToEndCase {
                 XCTFail("our client opened only \(i) of 8 data channels")
                 return
             }
-            XCTAssertEqual(hexString(try d.readExact(37, timeout: 10)), hexString(Recorded.dataHello01),
-                           "data channel hello carries the session key")
+            XCTAssertEqual(
+                hexString(try d.readExact(37, timeout: 10)), hexString(Recorded.dataHello01),
+                "data channel hello carries the session key")
             channels.append(d)
         }
         // One data channel per CreateDataChannel, no more: what the client holds to the fake server
@@ -403,14 +416,16 @@ final class ConformanceTests: EndToEndCase {
     func testClientRetriesAfterRefusals() throws {
         let fake = try Listener()
         let echo = keep(try LocalService.echo())
-        let client = rathole("client", config: """
-            [client]
-            remote_addr = "127.0.0.1:\(fake.port)"
-            default_token = "wire_token_1"
+        let client = rathole(
+            "client",
+            config: """
+                [client]
+                remote_addr = "127.0.0.1:\(fake.port)"
+                default_token = "wire_token_1"
 
-            [client.services.echo]
-            local_addr = "127.0.0.1:\(echo.port)"
-            """)
+                [client.services.echo]
+                local_addr = "127.0.0.1:\(echo.port)"
+                """)
         try client.start()
 
         // 02: AuthFailed after the client's Auth.

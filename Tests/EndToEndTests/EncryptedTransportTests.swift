@@ -12,8 +12,10 @@ import XCTest
 final class EncryptedTransportTests: EndToEndCase {
     /// A tunnel with `secure` for `services`; the client reaches the server through `remotePort`
     /// (a relay) when given.
-    private func secureConfig(_ secure: TransportTables, services: [ServiceSpec], controlPort: UInt16 = Ports.free(),
-                              remotePort: UInt16? = nil) -> TunnelConfig {
+    private func secureConfig(
+        _ secure: TransportTables, services: [ServiceSpec], controlPort: UInt16 = Ports.free(),
+        remotePort: UInt16? = nil
+    ) -> TunnelConfig {
         var config = TunnelConfig(controlPort: controlPort, services: services)
         config.transport = secure
         if let remotePort { config.remoteAddr = "127.0.0.1:\(remotePort)" }
@@ -27,7 +29,8 @@ final class EncryptedTransportTests: EndToEndCase {
     private func checkTransport(_ kind: TransportKind) throws {
         let echo = keep(try LocalService.echo())
         let publicPort = Ports.free()
-        let (server, client) = try start(secureConfig(try transport(kind), services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]))
+        let (server, client) = try start(
+            secureConfig(try transport(kind), services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]))
         XCTAssertFalse(client.log.contains("WARN") || client.log.contains("ERROR"), "\(kind): the client complained:\n\(client.log)")
 
         for (i, size) in [1, 5000, 200_000].enumerated() {
@@ -49,23 +52,28 @@ final class EncryptedTransportTests: EndToEndCase {
     /// The 6 suites not tested above (ChaChaPoly_BLAKE2s and AESGCM_SHA256 are), NK and XX in turn:
     /// echoes, 8 MiB hashed and 10 concurrent connections through each.
     func testEveryOtherNoiseSuite() throws {
-        let suites = ["ChaChaPoly_BLAKE2b", "ChaChaPoly_SHA256", "ChaChaPoly_SHA512",
-                      "AESGCM_BLAKE2s", "AESGCM_BLAKE2b", "AESGCM_SHA512"]
+        let suites = [
+            "ChaChaPoly_BLAKE2b", "ChaChaPoly_SHA256", "ChaChaPoly_SHA512",
+            "AESGCM_BLAKE2s", "AESGCM_BLAKE2b", "AESGCM_SHA512",
+        ]
         let echo = keep(try LocalService.echo())
         for (n, suite) in suites.enumerated() {
             let secure: TransportTables
             if n % 2 == 0 {
                 let pattern = "Noise_NK_25519_\(suite)", s = try Programs.genkey()
-                secure = TransportTables(server: Transports.noise("server", pattern: pattern, privateKey: s.privateKey),
-                                         client: Transports.noise("client", pattern: pattern, remotePublic: s.publicKey))
+                secure = TransportTables(
+                    server: Transports.noise("server", pattern: pattern, privateKey: s.privateKey),
+                    client: Transports.noise("client", pattern: pattern, remotePublic: s.publicKey))
             } else {
                 let pattern = "Noise_XX_25519_\(suite)"
-                secure = TransportTables(server: Transports.noise("server", pattern: pattern),
-                                         client: Transports.noise("client", pattern: pattern))
+                secure = TransportTables(
+                    server: Transports.noise("server", pattern: pattern),
+                    client: Transports.noise("client", pattern: pattern))
             }
             let publicPort = Ports.free()
-            let (server, client) = try start(secureConfig(secure, services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]),
-                                             serverName: "server-\(n)", clientName: "client-\(n)")
+            let (server, client) = try start(
+                secureConfig(secure, services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]),
+                serverName: "server-\(n)", clientName: "client-\(n)")
             for (i, size) in [1, 5000, 200_000].enumerated() {
                 try echoOnce(port: publicPort, payload: patternBytes(count: size, seed: UInt64(n * 10 + i + 1)))
             }
@@ -90,11 +98,13 @@ final class EncryptedTransportTests: EndToEndCase {
     func testClosedNoiseConnectionsLeaveNoMemoryBehind() throws {
         // Under a sanitizer VmData is its allocator's (ASan keeps 256 MiB of freed memory in its
         // quarantine) and shadow's, not ours.
-        try XCTSkipIf(ProcessInfo.processInfo.environment["RATHOLE_SANITIZER"] != nil,
-                      "VmData measures the sanitizer's allocator here, not ours")
+        try XCTSkipIf(
+            ProcessInfo.processInfo.environment["RATHOLE_SANITIZER"] != nil,
+            "VmData measures the sanitizer's allocator here, not ours")
         let echo = keep(try LocalService.echo())
         let publicPort = Ports.free()
-        let (server, client) = try start(secureConfig(try transport(.noiseNK), services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]))
+        let (server, client) = try start(
+            secureConfig(try transport(.noiseNK), services: [ServiceSpec("secure", port: publicPort, localPort: echo.port)]))
         func connections(_ rounds: Int) {
             for round in 0..<rounds {
                 let failures = concurrentEchoes(port: publicPort, count: 50, bytesEach: 1000, resetting: round % 2 == 1)
@@ -114,9 +124,11 @@ final class EncryptedTransportTests: EndToEndCase {
         let other = try Programs.genkey()
         let local = keep(try LocalService.echo())
         let publicPort = Ports.free()
-        let config = secureConfig(TransportTables(server: Transports.noise("server", privateKey: real.privateKey),
-                                                  client: Transports.noise("client", remotePublic: other.publicKey)),
-                                  services: [ServiceSpec("secure", port: publicPort, localPort: local.port)])
+        let config = secureConfig(
+            TransportTables(
+                server: Transports.noise("server", privateKey: real.privateKey),
+                client: Transports.noise("client", remotePublic: other.publicKey)),
+            services: [ServiceSpec("secure", port: publicPort, localPort: local.port)])
         let server = rathole("server", config: config.serverText)
         let client = rathole("client", config: config.clientText)
         try server.start()
@@ -168,8 +180,9 @@ final class EncryptedTransportTests: EndToEndCase {
         try client.start()
         XCTAssertTrue(client.waitForLog("tls handshake", count: 2, timeout: 10), "the client logs the failed handshake, and retries")
         let line = client.lines(containing: "tls handshake").first ?? ""
-        XCTAssertTrue(line.contains("ERROR") && line.contains("secure") && line.lowercased().contains("certificate"),
-                      "a clear error line naming the certificate problem: \(line)")
+        XCTAssertTrue(
+            line.contains("ERROR") && line.contains("secure") && line.lowercased().contains("certificate"),
+            "a clear error line naming the certificate problem: \(line)")
         try assertNothingForwarded(publicPort: publicPort, local: local)
         XCTAssertEqual(client.occurrences(of: "control channel established"), 0)
         XCTAssertEqual(server.occurrences(of: "established"), 0)
@@ -195,9 +208,11 @@ final class EncryptedTransportTests: EndToEndCase {
         // One relay per direction of bulk transfer, so each flips only its own.
         let upRelay = try TCPRelay(targetPort: control, flipAt: (.fromTarget, flipOffset))
         cleanup { upRelay.stop() }
-        let services = [ServiceSpec("up", port: upPort, localPort: recorder.service.port),
-                        ServiceSpec("down", port: downPort, localPort: source.port),
-                        ServiceSpec("echo", port: echoPort, localPort: echo.port)]
+        let services = [
+            ServiceSpec("up", port: upPort, localPort: recorder.service.port),
+            ServiceSpec("down", port: downPort, localPort: source.port),
+            ServiceSpec("echo", port: echoPort, localPort: echo.port),
+        ]
         let secure = try transport(kind)
         let config = secureConfig(secure, services: services, controlPort: control, remotePort: upRelay.port)
         let (server, client) = try start(config)
@@ -211,8 +226,9 @@ final class EncryptedTransportTests: EndToEndCase {
         let got = recorder.received.get.first ?? []
         XCTAssertEqual(upRelay.flips.count, 1, "\(kind) upload: flipped \(upRelay.flips)")
         XCTAssertLessThan(got.count, data.count, "\(kind) upload: the whole transfer went through despite the flipped byte")
-        XCTAssertNil(firstMismatch(got, prefixOf: data),
-                     "\(kind) upload: corrupt byte delivered at offset \(firstMismatch(got, prefixOf: data) ?? -1) of \(got.count)")
+        XCTAssertNil(
+            firstMismatch(got, prefixOf: data),
+            "\(kind) upload: corrupt byte delivered at offset \(firstMismatch(got, prefixOf: data) ?? -1) of \(got.count)")
         XCTAssertEqual(recorder.received.get.count, 1)
 
         // The tunnel itself is fine: other visitors are served.
@@ -237,7 +253,9 @@ final class EncryptedTransportTests: EndToEndCase {
         loop: while monoNow() < deadline {
             switch down.readSome(max: 1 << 20, timeout: max(0, deadline - monoNow())) {
             case .data(let d): received += d
-            case .eof, .error: closed = true; break loop
+            case .eof, .error:
+                closed = true
+                break loop
             case .timeout: break loop
             }
         }
@@ -245,8 +263,9 @@ final class EncryptedTransportTests: EndToEndCase {
         XCTAssertTrue(closed, "\(kind) download: the visitor's connection must be closed")
         XCTAssertEqual(downRelay.flips.count, 1, "\(kind) download: flipped \(downRelay.flips)")
         XCTAssertLessThan(received.count, data.count, "\(kind) download: the whole transfer went through despite the flipped byte")
-        XCTAssertNil(firstMismatch(received, prefixOf: data),
-                     "\(kind) download: corrupt byte delivered at offset \(firstMismatch(received, prefixOf: data) ?? -1) of \(received.count)")
+        XCTAssertNil(
+            firstMismatch(received, prefixOf: data),
+            "\(kind) download: corrupt byte delivered at offset \(firstMismatch(received, prefixOf: data) ?? -1) of \(received.count)")
         XCTAssertNoThrow(try echoOnce(port: echoPort, payload: Array("\(kind) after the download".utf8)))
         XCTAssertTrue(server.isRunning && client2.isRunning)
     }

@@ -11,8 +11,9 @@ import XCTest
 
 final class HalfCloseTests: EndToEndCase {
     private func websocket(tls: Bool) throws -> TransportTables {
-        var t = TransportTables(server: "[server.transport]\ntype = \"websocket\"\n[server.transport.websocket]\ntls = \(tls)\n",
-                                client: "[client.transport]\ntype = \"websocket\"\n[client.transport.websocket]\ntls = \(tls)\n")
+        var t = TransportTables(
+            server: "[server.transport]\ntype = \"websocket\"\n[server.transport.websocket]\ntls = \(tls)\n",
+            client: "[client.transport]\ntype = \"websocket\"\n[client.transport.websocket]\ntls = \(tls)\n")
         if tls {
             let d = try Transports.certs(in: dir)
             t.server += "[server.transport.tls]\npkcs12 = \"\(d)/server.p12\"\npkcs12_password = \"\(Transports.p12Password)\"\n"
@@ -23,12 +24,13 @@ final class HalfCloseTests: EndToEndCase {
 
     private func check(_ what: String, _ transport: TransportTables?) throws {
         let received = Locked<[[UInt8]]>([])
-        let closing = keep(try LocalService(name: "early-closer") { conn in
-            try? conn.send("bye;")
-            conn.shutdownWrite()
-            let got = (try? conn.readToEOF(timeout: 30)) ?? []
-            received.withLock { $0.append(got) }
-        })
+        let closing = keep(
+            try LocalService(name: "early-closer") { conn in
+                try? conn.send("bye;")
+                conn.shutdownWrite()
+                let got = (try? conn.readToEOF(timeout: 30)) ?? []
+                received.withLock { $0.append(got) }
+            })
         var config = TunnelConfig(services: [ServiceSpec("closing", port: Ports.free(), localPort: closing.port)])
         if let transport { config.transport = transport }
         let (server, client) = try start(config, serverName: "server-\(what)", clientName: "client-\(what)")
@@ -38,7 +40,8 @@ final class HalfCloseTests: EndToEndCase {
             XCTAssertEqual(try v.readToEOF(timeout: 15), Array("bye;".utf8), "\(what) \(round): the service's FIN reaches the visitor")
             try v.send(late)
             v.shutdownWrite()
-            XCTAssertTrue(waitUntil(timeout: 15) { received.get.count > round }, "\(what) \(round): the service never saw the visitor's EOF")
+            XCTAssertTrue(
+                waitUntil(timeout: 15) { received.get.count > round }, "\(what) \(round): the service never saw the visitor's EOF")
             let got = received.get.last ?? []
             XCTAssertEqual(got.count, late.count, "\(what) \(round): bytes after the service's FIN")
             XCTAssertNil(firstMismatch(got, prefixOf: late), "\(what) \(round): corrupt bytes")

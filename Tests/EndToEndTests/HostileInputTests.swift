@@ -36,7 +36,8 @@ final class HostileInputTests: EndToEndCase {
 
     func testGarbageOnControlPort() throws {
         let t = try tunnel()
-        try assertDropped(Array("GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\n".utf8), port: t.controlPort, what: "HTTP request")
+        try assertDropped(
+            Array("GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\n".utf8), port: t.controlPort, what: "HTTP request")
         try assertDropped([7, 0, 0, 0, 1] + [UInt8](repeating: 0xAB, count: 32), port: t.controlPort, what: "Hello with tag 7")
         try assertDropped(patternBytes(count: 256 << 10, seed: 99), port: t.controlPort, what: "256 KiB of noise")
         assertStillForwards(t, visitorsSoFar: 1)
@@ -45,8 +46,9 @@ final class HostileInputTests: EndToEndCase {
     func testWrongProtocolVersion() throws {
         let t = try tunnel()
         for version: UInt8 in [0, 2, 255] {
-            try assertDropped([0, 0, 0, 0, version] + Digest.service(named: t.name).bytes, port: t.controlPort,
-                              what: "control Hello version \(version)")
+            try assertDropped(
+                [0, 0, 0, 0, version] + Digest.service(named: t.name).bytes, port: t.controlPort,
+                what: "control Hello version \(version)")
         }
         try assertDropped([1, 0, 0, 0, 2] + [UInt8](repeating: 1, count: 32), port: t.controlPort, what: "data Hello version 2")
         assertStillForwards(t, visitorsSoFar: 1)
@@ -138,16 +140,18 @@ final class HostileInputTests: EndToEndCase {
             var idle: [Conn] = []
             for _ in 0..<count { idle.append(try Conn.connect(port: t.controlPort)) }
             let start = monoNow()
-            XCTAssertTrue(waitUntil(timeout: 10) { (t.server.fdCount ?? 0) >= baseline + count },
-                          "round \(round): the server accepted the idle connections (fds \(t.server.fdCount ?? -1), baseline \(baseline))")
+            XCTAssertTrue(
+                waitUntil(timeout: 10) { (t.server.fdCount ?? 0) >= baseline + count },
+                "round \(round): the server accepted the idle connections (fds \(t.server.fdCount ?? -1), baseline \(baseline))")
             rss.append(t.server.rssKiB ?? .max)
             data.append(t.server.dataKiB ?? .max)
             var stillOpen = 0
             for c in idle where c.waitClosed(timeout: max(0, 20 - (monoNow() - start))) == nil { stillOpen += 1 }
             XCTAssertEqual(stillOpen, 0, "round \(round): idle connections the server did not close within 20 s")
             idle.forEach { $0.close() }
-            XCTAssertTrue(waitUntil(timeout: 10) { (t.server.fdCount ?? 0) <= baseline },
-                          "round \(round): server fds back to the baseline \(baseline): now \(t.server.fdCount ?? -1)")
+            XCTAssertTrue(
+                waitUntil(timeout: 10) { (t.server.fdCount ?? 0) <= baseline },
+                "round \(round): server fds back to the baseline \(baseline): now \(t.server.fdCount ?? -1)")
             XCTAssertEqual(t.server.fdCount, baseline)
         }
         // rss/data: before, peak of round 1, peak of round 2. Measured: about 9 KiB of RSS per

@@ -7,7 +7,9 @@ import TestKit
 import XCTest
 
 final class HotReloadTests: EndToEndCase {
-    private func start(_ services: [ServiceSpec], symlinked: Bool = false)
+    private func start(
+        _ services: [ServiceSpec], symlinked: Bool = false
+    )
         throws -> (server: RatholeProcess, client: RatholeProcess, control: UInt16)
     {
         let config = TunnelConfig(services: services)
@@ -33,8 +35,10 @@ final class HotReloadTests: EndToEndCase {
     }
 
     /// Rewrites both files (server first) with `services`.
-    private func rewrite(_ server: RatholeProcess, _ client: RatholeProcess, control: UInt16, _ services: [ServiceSpec],
-                         byRename: Bool = false, serverPath: String? = nil, clientPath: String? = nil) throws {
+    private func rewrite(
+        _ server: RatholeProcess, _ client: RatholeProcess, control: UInt16, _ services: [ServiceSpec],
+        byRename: Bool = false, serverPath: String? = nil, clientPath: String? = nil
+    ) throws {
         let write = byRename ? ConfigFile.replaceByRename : ConfigFile.rewriteInPlace
         let config = TunnelConfig(controlPort: control, services: services)
         try write(serverPath ?? server.configPath, config.serverText)
@@ -44,8 +48,9 @@ final class HotReloadTests: EndToEndCase {
     /// Forwarding through `port` starts after an edit (within a generous deadline: how fast a
     /// reload is, is not a test's business).
     private func assertForwards(port: UInt16, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertNotNil(secondsUntilForwarding(port: port, timeout: 30), "\(what): not forwarding 30 s after the edit",
-                        file: file, line: line)
+        XCTAssertNotNil(
+            secondsUntilForwarding(port: port, timeout: 30), "\(what): not forwarding 30 s after the edit",
+            file: file, line: line)
     }
 
     // MARK: Add
@@ -66,16 +71,18 @@ final class HotReloadTests: EndToEndCase {
 
         // The transfer went on across the reload, on the same connection, byte for byte.
         let atReload = streamer.bytes
-        XCTAssertTrue(waitUntil(timeout: 20) { streamer.bytes >= atReload + (8 << 20) || streamer.error != nil },
-                      "the long transfer keeps going after the reload")
+        XCTAssertTrue(
+            waitUntil(timeout: 20) { streamer.bytes >= atReload + (8 << 20) || streamer.error != nil },
+            "the long transfer keeps going after the reload")
         let (bytes, error) = streamer.stop()
         XCTAssertNil(error, "the long transfer broke")
         XCTAssertGreaterThan(bytes, 12 << 20)
         XCTAssertEqual(longEcho.accepted, 1, "the long transfer's local connection was never replaced")
         XCTAssertGreaterThanOrEqual(addedEcho.accepted, 1)
         for p in [server, client] {
-            XCTAssertFalse(p.log.contains("long changed") || p.log.contains("long removed") || p.log.contains("restarting the"),
-                           "\(p.name): the running service was restarted")
+            XCTAssertFalse(
+                p.log.contains("long changed") || p.log.contains("long removed") || p.log.contains("restarting the"),
+                "\(p.name): the running service was restarted")
         }
     }
 
@@ -182,7 +189,8 @@ final class HotReloadTests: EndToEndCase {
         // Backoff from 100 ms doubles up to the cap: by the eighth attempt it is at 1 s.
         XCTAssertTrue(waitUntil(timeout: 30) { attempts.get.count >= 12 }, "the client keeps trying: \(attempts.get.count) attempts")
         let capped = gaps(Array(attempts.get.suffix(5)))
-        XCTAssertGreaterThanOrEqual(capped.filter { $0 < 1.5 }.count, 3, "with retry_interval = 1 the attempts come about every second: \(capped)")
+        XCTAssertGreaterThanOrEqual(
+            capped.filter { $0 < 1.5 }.count, 3, "with retry_interval = 1 the attempts come about every second: \(capped)")
 
         config.clientKeys = ["retry_interval = 4"]
         try ConfigFile.rewriteInPlace(client.configPath, config.clientText)
@@ -305,7 +313,7 @@ final class HotReloadTests: EndToEndCase {
         let realServer = dir + "/real/server.toml"
         let realClient = dir + "/real/client.toml"
         try rewrite(server, client, control: control, [svc, hup], serverPath: realServer, clientPath: realClient)
-        sleepSeconds(1.5)   // five times the watcher's quiet period; the log order below is the proof
+        sleepSeconds(1.5)  // five times the watcher's quiet period; the log order below is the proof
         XCTAssertFalse(ProcFS.tcpListening(port: hup.port), "reloaded without SIGHUP (the test needs the watcher not to see it)")
         XCTAssertEqual(server.occurrences(of: "service hup added"), 0)
 

@@ -30,7 +30,9 @@ final class ProxyTests: EndToEndCase {
         let binary = try Programs.require("danted", package: "dante-server")
         if auth { try ensureProxyUser() }
         let port = Ports.free()
-        let conf = writeFile("danted-\(port).conf", """
+        let conf = writeFile(
+            "danted-\(port).conf",
+            """
             logoutput: stderr
             internal: 127.0.0.1 port = \(port)
             external: 127.0.0.1
@@ -103,8 +105,10 @@ final class ProxyTests: EndToEndCase {
 
     /// A proxy, a server, a client through the proxy; one echo service. Waits for the control
     /// channel when `expectConnected`.
-    private func setUpTunnel(_ kind: Proxy, auth: Bool, clientPassword: String? = nil, noise: Bool = false,
-                             expectConnected: Bool = true) throws -> Setup {
+    private func setUpTunnel(
+        _ kind: Proxy, auth: Bool, clientPassword: String? = nil, noise: Bool = false,
+        expectConnected: Bool = true
+    ) throws -> Setup {
         let echo = keep(try LocalService.echo())
         let control = Ports.free()
         let (proxy, proxyPort) = kind == .socks5 ? try startDante(auth: auth) : try startTinyproxy(auth: auth, connectPort: control)

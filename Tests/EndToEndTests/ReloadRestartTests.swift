@@ -38,8 +38,9 @@ final class ReloadRestartTests: EndToEndCase {
     /// one connection (the local service saw no other connection for it).
     private func assertServedAndTransferGoesOn(_ r: Running, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertNotNil(secondsUntilForwarding(port: r.port, timeout: 30), "\(what): new visitors are not served", file: file, line: line)
-        XCTAssertTrue(r.streamer.waitForProgress(8 << 20), "\(what): the running transfer stopped: \(r.streamer.error ?? "stalled")",
-                      file: file, line: line)
+        XCTAssertTrue(
+            r.streamer.waitForProgress(8 << 20), "\(what): the running transfer stopped: \(r.streamer.error ?? "stalled")",
+            file: file, line: line)
         let (bytes, error) = r.streamer.stop()
         XCTAssertNil(error, "\(what): the running transfer broke", file: file, line: line)
         XCTAssertGreaterThan(bytes, 12 << 20, file: file, line: line)
@@ -91,7 +92,8 @@ final class ReloadRestartTests: EndToEndCase {
         XCTAssertTrue(r.client.waitForLog("restarting the client", timeout: 20))
         assertServedAndTransferGoesOn(r, "over Noise")
         // A plain-TCP client is refused now: its Hello is not a Noise handshake.
-        let (c, _, _) = (try? RawClient.handshake(port: r.config.controlPort, service: "svc", token: TunnelConfig.defaultToken)) ?? (nil, 0, [])
+        let (c, _, _) =
+            (try? RawClient.handshake(port: r.config.controlPort, service: "svc", token: TunnelConfig.defaultToken)) ?? (nil, 0, [])
         XCTAssertNil(c, "the restarted server still speaks plain TCP")
     }
 

@@ -12,8 +12,9 @@ final class ShutdownTests: EndToEndCase {
         let echo = keep(try LocalService.echo())
         for round in 0..<12 {
             let publicPort = Ports.free()
-            let (server, client) = try start(TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: echo.port)]),
-                                             serverName: "server\(round)", clientName: "client\(round)")
+            let (server, client) = try start(
+                TunnelConfig(services: [ServiceSpec("svc", port: publicPort, localPort: echo.port)]),
+                serverName: "server\(round)", clientName: "client\(round)")
             let visitor = try Conn.connect(port: publicPort)
             defer { visitor.close() }
             try visitor.send("hello\n")

@@ -19,8 +19,9 @@ final class StartupTests: EndToEndCase {
         XCTAssertEqual(unsure.waitForExit(timeout: 15), .exited(1))
         let lines = unsure.log.split(separator: "\n")
         XCTAssertEqual(lines.count, 1, "one line: \(unsure.log)")
-        XCTAssertTrue(unsure.log.contains("--server") && unsure.log.contains("--client") && unsure.log.contains(path),
-                      "the error names the flags and the file: \(unsure.log)")
+        XCTAssertTrue(
+            unsure.log.contains("--server") && unsure.log.contains("--client") && unsure.log.contains(path),
+            "the error names the flags and the file: \(unsure.log)")
         XCTAssertFalse(ProcFS.tcpListening(port: config.controlPort), "nothing listens after the error")
 
         let server = rathole("server", configPath: path, arguments: ["--server"])
@@ -38,7 +39,8 @@ final class StartupTests: EndToEndCase {
         let wrongSide = rathole("wrong-side", configPath: serverOnly, arguments: ["-c"])
         try wrongSide.start()
         XCTAssertEqual(wrongSide.waitForExit(timeout: 15), .exited(1))
-        XCTAssertTrue(wrongSide.log.contains("--client") && wrongSide.log.contains("[client]"), "the error says what is missing: \(wrongSide.log)")
+        XCTAssertTrue(
+            wrongSide.log.contains("--client") && wrongSide.log.contains("[client]"), "the error says what is missing: \(wrongSide.log)")
     }
 
     /// A service's port is taken when the server starts: the server says so, serves the other

@@ -119,7 +119,8 @@ final class SystemdNotifyTests: EndToEndCase {
         try ConfigFile.rewriteInPlace(server.configPath, "[server]\nbind_addr = 12\n")
         _ = notify.expect("RELOADING=1")
         let refused = notify.expect("READY=1")["STATUS"] ?? ""
-        XCTAssertTrue(refused.hasPrefix("server listening at 127.0.0.1:\(control) (tcp), 4 services (3 tcp, 1 udp); last reload refused: "), refused)
+        XCTAssertTrue(
+            refused.hasPrefix("server listening at 127.0.0.1:\(control) (tcp), 4 services (3 tcp, 1 udp); last reload refused: "), refused)
         XCTAssertTrue(refused.contains("server.toml"), "names the file: \(refused)")
 
         server.signal(SIGTERM)
@@ -134,9 +135,14 @@ final class SystemdNotifyTests: EndToEndCase {
         let notify = try NotifySocket(abstract: "rathole-e2e-\(getpid())-\(Ports.free())")
         let nobody = Ports.free()
         let echo = keep(try LocalService.echo())
-        let client = try start("client", config: TunnelConfig(controlPort: nobody, services: [
-            ServiceSpec("web", port: 1, localPort: echo.port),
-        ]).clientText, notify: notify)
+        let client = try start(
+            "client",
+            config: TunnelConfig(
+                controlPort: nobody,
+                services: [
+                    ServiceSpec("web", port: 1, localPort: echo.port)
+                ]
+            ).clientText, notify: notify)
         XCTAssertEqual(notify.expect("READY=1")["STATUS"], "client of 127.0.0.1:\(nobody) (tcp), 1 service")
         client.signal(SIGTERM)
         _ = notify.expect("STOPPING=1")
@@ -177,7 +183,8 @@ final class SystemdNotifyTests: EndToEndCase {
             p.signal(SIGTERM)
             XCTAssertEqual(p.waitForExit(timeout: 15), .exited(0), p.log)
             if i == 0 {
-                XCTAssertTrue(p.log.contains("warning: not notifying systemd: NOTIFY_SOCKET=vsock:2:1234: not a path or an @abstract name"), p.log)
+                XCTAssertTrue(
+                    p.log.contains("warning: not notifying systemd: NOTIFY_SOCKET=vsock:2:1234: not a path or an @abstract name"), p.log)
             }
         }
     }

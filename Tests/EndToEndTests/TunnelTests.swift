@@ -36,8 +36,11 @@ final class TunnelTests: EndToEndCase {
 
         let sinkPort = Ports.free()
         let sourcePort = Ports.free()
-        _ = try start(TunnelConfig(services: [ServiceSpec("sink", port: sinkPort, localPort: sink.port),
-                                              ServiceSpec("source", port: sourcePort, localPort: source.port)]))
+        _ = try start(
+            TunnelConfig(services: [
+                ServiceSpec("sink", port: sinkPort, localPort: sink.port),
+                ServiceSpec("source", port: sourcePort, localPort: source.port),
+            ]))
 
         // Upload.
         let up = try Conn.connect(port: sinkPort)
@@ -69,10 +72,12 @@ final class TunnelTests: EndToEndCase {
         XCTAssertEqual(failures, [], "\(failures.count) of 100 connections failed")
         XCTAssertEqual(echo.accepted, 101, "one local connection per visitor")
         // Every relayed connection is gone from both processes; the pools are back to their size.
-        XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
-                      "server sockets: \(serverSockets ?? -1) before, \(t.server.socketCount ?? -1) after")
-        XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
-                      "client sockets: \(clientSockets ?? -1) before, \(t.client.socketCount ?? -1) after")
+        XCTAssertTrue(
+            waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
+            "server sockets: \(serverSockets ?? -1) before, \(t.server.socketCount ?? -1) after")
+        XCTAssertTrue(
+            waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
+            "client sockets: \(clientSockets ?? -1) before, \(t.client.socketCount ?? -1) after")
     }
 
     // MARK: Refusals
@@ -97,8 +102,10 @@ final class TunnelTests: EndToEndCase {
     func testUnknownServiceRefusedNothingForwarded() throws {
         let local = keep(try LocalService.echo())
         let publicPort = Ports.free()
-        let config = TunnelConfig(services: [ServiceSpec("echo", port: publicPort, localPort: local.port, sides: .serverOnly),
-                                             ServiceSpec("nosuch", port: 0, localPort: local.port, sides: .clientOnly)])
+        let config = TunnelConfig(services: [
+            ServiceSpec("echo", port: publicPort, localPort: local.port, sides: .serverOnly),
+            ServiceSpec("nosuch", port: 0, localPort: local.port, sides: .clientOnly),
+        ])
         let server = rathole("server", config: config.serverText)
         let client = rathole("client", config: config.clientText)
         try server.start()
@@ -138,8 +145,9 @@ final class TunnelTests: EndToEndCase {
         try waitServerReady(t.server, t.config)
         try waitClientReady(t.client, server: t.server, t.config)
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the server restart")
-        XCTAssertTrue(waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
-                      "client sockets: \(clientSockets ?? -1) before the restart, \(t.client.socketCount ?? -1) after (leaked?)")
+        XCTAssertTrue(
+            waitUntil(timeout: 10) { t.client.socketCount == clientSockets },
+            "client sockets: \(clientSockets ?? -1) before the restart, \(t.client.socketCount ?? -1) after (leaked?)")
     }
 
     func testClientRestartRecovers() throws {
@@ -160,8 +168,9 @@ final class TunnelTests: EndToEndCase {
         try t.client.start()
         try waitClientReady(t.client, server: t.server, t.config, since: second)
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 15), "forwarding works again after the second client restart")
-        XCTAssertTrue(waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
-                      "server sockets: \(serverSockets ?? -1) before the restarts, \(t.server.socketCount ?? -1) after (leaked?)")
+        XCTAssertTrue(
+            waitUntil(timeout: 10) { t.server.socketCount == serverSockets },
+            "server sockets: \(serverSockets ?? -1) before the restarts, \(t.server.socketCount ?? -1) after (leaked?)")
     }
 
     /// Heartbeats every second keep an idle control channel alive past twice the client's 4 s
@@ -175,7 +184,7 @@ final class TunnelTests: EndToEndCase {
         let serverSockets = settled { t.server.socketCount }
         let clientSockets = settled { t.client.socketCount }
         let idle = channels(of: t.server, t.config)
-        sleepSeconds(8)   // twice the timeout, idle: only the heartbeats keep the channel
+        sleepSeconds(8)  // twice the timeout, idle: only the heartbeats keep the channel
         XCTAssertEqual(t.client.occurrences(of: "no heartbeat"), 0, "heartbeats every 1 s must satisfy a 4 s timeout")
         XCTAssertTrue(channels(of: t.server, t.config).isSuperset(of: idle), "the idle control channel was replaced")
 
@@ -189,10 +198,12 @@ final class TunnelTests: EndToEndCase {
         XCTAssertGreaterThan(detectedAfter, 3, "the client gave up before its 4 s heartbeat timeout")
         try waitClientReady(t.client, server: t.server, t.config, since: idle)
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 30), "forwarding works after SIGCONT")
-        XCTAssertTrue(waitUntil(timeout: 20) { t.server.socketCount == serverSockets },
-                      "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
-        XCTAssertTrue(waitUntil(timeout: 20) { t.client.socketCount == clientSockets },
-                      "client sockets: \(clientSockets ?? -1) before the freeze, \(t.client.socketCount ?? -1) after")
+        XCTAssertTrue(
+            waitUntil(timeout: 20) { t.server.socketCount == serverSockets },
+            "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
+        XCTAssertTrue(
+            waitUntil(timeout: 20) { t.client.socketCount == clientSockets },
+            "client sockets: \(clientSockets ?? -1) before the freeze, \(t.client.socketCount ?? -1) after")
     }
 
     /// SIGSTOP freezes the client while 60 visitors arrive: those that find an idle data channel are
@@ -204,7 +215,7 @@ final class TunnelTests: EndToEndCase {
         let t = try startTunnel(local: echo)
         try echoOnce(port: t.publicPort, payload: Array("before the freeze".utf8))
         let serverSockets = settled { t.server.socketCount }
-        let pooled = settled { channels(of: t.server, t.config).count } - 1   // less the control channel
+        let pooled = settled { channels(of: t.server, t.config).count } - 1  // less the control channel
         XCTAssertGreaterThanOrEqual(pooled, 8, "idle data channels before the freeze")
         t.client.signal(SIGSTOP)
         let frozenAt = monoNow()
@@ -221,15 +232,17 @@ final class TunnelTests: EndToEndCase {
         XCTAssertTrue(t.server.isRunning)
         XCTAssertTrue(allClosed, "visitors closed: \(closed.count), expected the \(60 - pooled) without a channel")
         XCTAssertGreaterThan(closed.values.min() ?? 0, 9.5, "a waiting visitor was closed before the 10 s patience")
-        XCTAssertFalse(stranded.enumerated().contains { closed[$0.offset] == nil && $0.element.peerClosed },
-                       "the visitors relayed into the frozen client stay open")
+        XCTAssertFalse(
+            stranded.enumerated().contains { closed[$0.offset] == nil && $0.element.peerClosed },
+            "the visitors relayed into the frozen client stay open")
         XCTAssertEqual(stranded.count - closed.count, pooled, "visitors relayed into the frozen client")
         t.client.signal(SIGCONT)
         stranded.forEach { $0.close() }
         XCTAssertTrue(waitUntilForwarding(port: t.publicPort, timeout: 30), "forwarding works after SIGCONT")
         for i in 0..<20 { try echoOnce(port: t.publicPort, payload: Array("after the freeze \(i)".utf8)) }
-        XCTAssertTrue(waitUntil(timeout: 30) { (t.server.socketCount ?? .max) <= (serverSockets ?? 0) + 8 },
-                      "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
+        XCTAssertTrue(
+            waitUntil(timeout: 30) { (t.server.socketCount ?? .max) <= (serverSockets ?? 0) + 8 },
+            "server sockets: \(serverSockets ?? -1) before the freeze, \(t.server.socketCount ?? -1) after")
         XCTAssertTrue(t.server.isRunning && t.client.isRunning)
     }
 
@@ -252,12 +265,13 @@ final class TunnelTests: EndToEndCase {
     /// still send, and the service receives it all.
     func testHalfCloseFromTheServiceSide() throws {
         let received = Locked<[UInt8]?>(nil)
-        let service = keep(try LocalService(name: "early-closer") { conn in
-            try? conn.send("bye;")
-            conn.shutdownWrite()
-            let got = try? conn.readToEOF(timeout: 30)
-            received.withLock { $0 = got }
-        })
+        let service = keep(
+            try LocalService(name: "early-closer") { conn in
+                try? conn.send("bye;")
+                conn.shutdownWrite()
+                let got = try? conn.readToEOF(timeout: 30)
+                received.withLock { $0 = got }
+            })
         let t = try startTunnel(local: service)
         let v = try Conn.connect(port: t.publicPort)
         XCTAssertEqual(try v.readToEOF(timeout: 15), Array("bye;".utf8), "the service's FIN reaches the visitor")
@@ -306,21 +320,29 @@ final class TunnelTests: EndToEndCase {
         let p1 = Ports.free()
         let p2 = Ports.free()
         let cases: [(name: String, config: String, key: String)] = [
-            ("server-no-token", """
+            (
+                "server-no-token",
+                """
                 [server]
                 bind_addr = "127.0.0.1:\(p1)"
 
                 [server.services.echo]
                 bind_addr = "127.0.0.1:\(p2)"
-                """, "server.services.echo.token"),
-            ("client-no-token", """
+                """, "server.services.echo.token"
+            ),
+            (
+                "client-no-token",
+                """
                 [client]
                 remote_addr = "127.0.0.1:\(p1)"
 
                 [client.services.echo]
                 local_addr = "127.0.0.1:\(p2)"
-                """, "client.services.echo.token"),
-            ("server-unknown-key", """
+                """, "client.services.echo.token"
+            ),
+            (
+                "server-unknown-key",
+                """
                 [server]
                 bind_addr = "127.0.0.1:\(p1)"
                 default_token = "x"
@@ -328,8 +350,11 @@ final class TunnelTests: EndToEndCase {
 
                 [server.services.echo]
                 bind_addr = "127.0.0.1:\(p2)"
-                """, "bogus_knob"),
-            ("client-unknown-service-key", """
+                """, "bogus_knob"
+            ),
+            (
+                "client-unknown-service-key",
+                """
                 [client]
                 remote_addr = "127.0.0.1:\(p1)"
                 default_token = "x"
@@ -337,7 +362,8 @@ final class TunnelTests: EndToEndCase {
                 [client.services.echo]
                 local_addr = "127.0.0.1:\(p2)"
                 colour = "red"
-                """, "client.services.echo.colour"),
+                """, "client.services.echo.colour"
+            ),
         ]
         for c in cases {
             let p = rathole(c.name, config: c.config)

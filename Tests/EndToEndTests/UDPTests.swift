@@ -101,7 +101,9 @@ final class UDPTests: EndToEndCase {
         for round in 0..<3 {
             var payloads: [[UInt8]] = []
             for (i, v) in visitors.enumerated() {
-                let p = Array("visitor \(i) from port \(v.port), round \(round): ".utf8) + patternBytes(count: 50 + i * 13, seed: UInt64(round * 1000 + i))
+                let p =
+                    Array("visitor \(i) from port \(v.port), round \(round): ".utf8)
+                    + patternBytes(count: 50 + i * 13, seed: UInt64(round * 1000 + i))
                 payloads.append(p)
                 try v.send(p, toPort: t.publicPort)
             }
@@ -117,7 +119,8 @@ final class UDPTests: EndToEndCase {
                     missing.append(i)
                     continue
                 }
-                XCTAssertTrue(reply == payloads[i], "visitor \(i) got someone else's reply: \(String(decoding: reply.prefix(40), as: UTF8.self))")
+                XCTAssertTrue(
+                    reply == payloads[i], "visitor \(i) got someone else's reply: \(String(decoding: reply.prefix(40), as: UTF8.self))")
             }
             XCTAssertEqual(missing, [], "visitors without a reply in round \(round)")
             // Nothing else arrives for a visitor: a visitor's datagrams keep to one channel and one
@@ -134,7 +137,9 @@ final class UDPTests: EndToEndCase {
                 }
                 XCTAssertTrue(back, "visitor \(i): the marker of round \(round) never came back")
                 let strays = before.filter { $0 != payloads[i] }
-                XCTAssertEqual(strays.count, 0, "visitor \(i) got datagrams not its own: \(strays.map { String(decoding: $0.prefix(40), as: UTF8.self) })")
+                XCTAssertEqual(
+                    strays.count, 0,
+                    "visitor \(i) got datagrams not its own: \(strays.map { String(decoding: $0.prefix(40), as: UTF8.self) })")
             }
         }
         // The client keeps one local socket per visitor: the service saw 100 new senders, and the
@@ -169,7 +174,8 @@ final class UDPTests: EndToEndCase {
             t.client.udpSocketCount == 0
         }
         let after = t.client.udpSocketCount ?? -1
-        XCTAssertTrue(freed, "client UDP sockets after \(Int(monoNow() - lastTraffic)) s idle: \(after) (baseline \(baseline), busy \(busy))")
+        XCTAssertTrue(
+            freed, "client UDP sockets after \(Int(monoNow() - lastTraffic)) s idle: \(after) (baseline \(baseline), busy \(busy))")
         XCTAssertGreaterThanOrEqual(monoNow() - lastTraffic, 59, "freed before the idle timeout")
 
         // An expired visitor that comes back gets a fresh socket and its replies.
@@ -282,7 +288,7 @@ final class UDPTests: EndToEndCase {
         let config = TunnelConfig(services: [udp, tcp])
         let server = rathole("server", config: config.serverText)
         let client = rathole("client", config: config.clientText)
-        client.launcher = ["prlimit", "--nofile=1200:1200"]   // a budget of 300 visitor sockets
+        client.launcher = ["prlimit", "--nofile=1200:1200"]  // a budget of 300 visitor sockets
         try server.start()
         try waitServerReady(server, config)
         try client.start()
@@ -319,8 +325,9 @@ final class UDPTests: EndToEndCase {
             let data = try RawClient.dataChannel(port: control, sessionKey: key)
             XCTAssertEqual(hexString(try data.readExact(4, timeout: 5)), "01000000", "round \(round): StartForwardUdp")
             data.close()
-            XCTAssertEqual(hexString(try controlConn.readExact(4, timeout: 5)), "00000000",
-                           "round \(round): a CreateDataChannel to replace the broken channel")
+            XCTAssertEqual(
+                hexString(try controlConn.readExact(4, timeout: 5)), "00000000",
+                "round \(round): a CreateDataChannel to replace the broken channel")
         }
         // The replacement works: a visitor's datagram arrives framed on it.
         let data = try RawClient.dataChannel(port: control, sessionKey: key)
@@ -354,14 +361,23 @@ final class UDPTests: EndToEndCase {
         let visitor = try UDPSocket()
         let vp = visitor.port
         let cases: [(what: String, bytes: [UInt8], thenEOF: Bool, expect: String)] = [
-            ("header length byte 13", [13] + RawClient.ipv4Frame(port: vp, payload: Array("abcde".utf8)).dropFirst(), false,
-             "header length byte is 13"),
-            ("address tag 7", [12, 7, 0, 0, 0, 127, 0, 0, 1, UInt8(vp & 0xff), UInt8(vp >> 8), 5, 0] + Array("abcde".utf8), false,
-             "unknown socket address tag 7"),
-            ("declared length 65535", RawClient.ipv4Frame(port: vp, length: 65535, payload: patternBytes(count: 100, seed: 1)), false,
-             "payload length 65535 exceeds"),
-            ("declared length past the end of the data", RawClient.ipv4Frame(port: vp, length: 1000, payload: Array("only ten b".utf8)), true,
-             "ended in the middle of a frame"),
+            (
+                "header length byte 13", [13] + RawClient.ipv4Frame(port: vp, payload: Array("abcde".utf8)).dropFirst(), false,
+                "header length byte is 13"
+            ),
+            (
+                "address tag 7", [12, 7, 0, 0, 0, 127, 0, 0, 1, UInt8(vp & 0xff), UInt8(vp >> 8), 5, 0] + Array("abcde".utf8), false,
+                "unknown socket address tag 7"
+            ),
+            (
+                "declared length 65535", RawClient.ipv4Frame(port: vp, length: 65535, payload: patternBytes(count: 100, seed: 1)), false,
+                "payload length 65535 exceeds"
+            ),
+            (
+                "declared length past the end of the data", RawClient.ipv4Frame(port: vp, length: 1000, payload: Array("only ten b".utf8)),
+                true,
+                "ended in the middle of a frame"
+            ),
         ]
         var realRound = 0
         for (k, c) in cases.enumerated() {
@@ -371,8 +387,9 @@ final class UDPTests: EndToEndCase {
             XCTAssertEqual(hexString(try data.readExact(4, timeout: 5)), "01000000", "\(c.what): StartForwardUdp")
             let hello = Array("hello fake \(k)".utf8)
             let frame = try firstFrame(on: data, of: hello, from: visitor, toPort: fakePort)
-            XCTAssertEqual(hexString(frame), hexString(RawClient.ipv4Frame(port: vp, payload: hello)),
-                           "\(c.what): the visitor's datagram framed with its address")
+            XCTAssertEqual(
+                hexString(frame), hexString(RawClient.ipv4Frame(port: vp, payload: hello)),
+                "\(c.what): the visitor's datagram framed with its address")
             while data.waitReadable(timeout: 0.2) { _ = try data.readExact(13 + hello.count, timeout: 5) }
             let reply = Array("reply \(k)".utf8)
             try data.send(RawClient.ipv4Frame(port: vp, payload: reply))
@@ -395,9 +412,10 @@ final class UDPTests: EndToEndCase {
             // Everything else keeps working: the control channel, the real client's services.
             switch controlConn.readSome(timeout: 0.05) {
             case .timeout: break
-            case .data(let bytes):   // requests to replace the channels that broke
-                XCTAssertTrue(bytes.count % 4 == 0 && bytes.allSatisfy { $0 == 0 },
-                              "\(c.what): only CreateDataChannel on the control channel, got \(hexString(bytes))")
+            case .data(let bytes):  // requests to replace the channels that broke
+                XCTAssertTrue(
+                    bytes.count % 4 == 0 && bytes.allSatisfy { $0 == 0 },
+                    "\(c.what): only CreateDataChannel on the control channel, got \(hexString(bytes))")
             case .eof, .error: XCTFail("\(c.what): the control channel must stay open")
             }
             realRound += 1

@@ -9,12 +9,12 @@ import XCTest
 
 final class UDPVisitorCapTests: EndToEndCase {
     /// Reads the frames the client sends back on a UDP data channel: the visitor port of each reply.
-    private final class ReplyReader: @unchecked Sendable {   // `ports` is locked; the thread owns the rest
+    private final class ReplyReader: @unchecked Sendable {  // `ports` is locked; the thread owns the rest
         let ports = Locked<[UInt16]>([])
         init(_ channel: Conn) {
             spawnThread { [ports] in
                 while let header = try? channel.readExact(13, timeout: 60) {
-                    guard header[0] == 12, header[1..<5] == [0, 0, 0, 0] else { return }   // IPv4 frames only here
+                    guard header[0] == 12, header[1..<5] == [0, 0, 0, 0] else { return }  // IPv4 frames only here
                     let port = UInt16(header[9]) | UInt16(header[10]) << 8
                     let length = Int(header[11]) | Int(header[12]) << 8
                     guard (try? channel.readExact(length, timeout: 10)) != nil else { return }
@@ -32,7 +32,7 @@ final class UDPVisitorCapTests: EndToEndCase {
         let fake = try Listener()
         let config = TunnelConfig(controlPort: fake.port, services: [ServiceSpec("flood", type: "udp", port: 1, localPort: echo.port)])
         let client = rathole("client", config: config.clientText)
-        client.environment["RUST_LOG"] = "info"   // debug would log per visitor
+        client.environment["RUST_LOG"] = "info"  // debug would log per visitor
         // A budget of 5,000 sockets for the whole process (a quarter of the limit): the per-channel
         // cap is the one reached.
         client.launcher = ["prlimit", "--nofile=20000:20000"]
@@ -60,8 +60,9 @@ final class UDPVisitorCapTests: EndToEndCase {
 
         // Still so: a visitor past the cap is dropped, one within it served (its reply is the barrier).
         let before = replies.ports.get.count
-        try channel.send(RawClient.ipv4Frame(port: UInt16(10_000 + visitors - 1), payload: Array("still too many".utf8))
-                         + RawClient.ipv4Frame(port: 10_005, payload: Array("still served".utf8)))
+        try channel.send(
+            RawClient.ipv4Frame(port: UInt16(10_000 + visitors - 1), payload: Array("still too many".utf8))
+                + RawClient.ipv4Frame(port: 10_005, payload: Array("still served".utf8)))
         XCTAssertTrue(waitUntil(timeout: 20) { replies.ports.get.dropFirst(before).contains(10_005) }, "a visitor within the cap is served")
         XCTAssertFalse(replies.ports.get.dropFirst(before).contains(UInt16(10_000 + visitors - 1)), "a visitor past the cap was served")
         XCTAssertEqual(client.udpSocketCount, cap)

@@ -105,8 +105,9 @@ final class WebSocketConformanceTests: EndToEndCase {
 
         let c = try Conn.connect(port: control)
         try c.send(try Recorded07.chunk("c1 C>S", 0))
-        XCTAssertEqual(hexString(try c.readHead(timeout: 10)), hexString(try Recorded07.chunk("c1 S>C", 0)), "the recorded upgrade response")
-        try c.send(try Recorded07.chunk("c1 C>S", 1))   // the recorded Hello frame, as sent
+        XCTAssertEqual(
+            hexString(try c.readHead(timeout: 10)), hexString(try Recorded07.chunk("c1 S>C", 0)), "the recorded upgrade response")
+        try c.send(try Recorded07.chunk("c1 C>S", 1))  // the recorded Hello frame, as sent
         let serverHello = try c.readFrame(timeout: 10)
         XCTAssertEqual(serverHello.header, [0x82, 0x25], "one unmasked binary frame of 37 bytes")
         XCTAssertEqual(Array(serverHello.payload.prefix(5)), [0, 0, 0, 0, 1])
@@ -114,8 +115,9 @@ final class WebSocketConformanceTests: EndToEndCase {
         let recordedAuth = try Recorded07.chunk("c1 C>S", 2)
         try c.send(WebSocketFrame.encode(opcode: 2, payload: key, mask: Recorded07.mask(of: recordedAuth)))
         let ackAndPool = try Recorded07.chunk("c1 S>C", 2)
-        XCTAssertEqual(hexString(try c.readExact(ackAndPool.count, timeout: 10)), hexString(ackAndPool),
-                       "Ack Ok and eight CreateDataChannel, one frame each, as recorded")
+        XCTAssertEqual(
+            hexString(try c.readExact(ackAndPool.count, timeout: 10)), hexString(ackAndPool),
+            "Ack Ok and eight CreateDataChannel, one frame each, as recorded")
 
         // Eight data channels as the recorded client opened them (c2...c9).
         var channels: [Conn] = []
@@ -131,15 +133,16 @@ final class WebSocketConformanceTests: EndToEndCase {
         try visitor.send("hello ws-0")
         guard let chosen = firstReadable(channels, timeout: 10) else { return XCTFail("no data channel got StartForwardTcp") }
         let startAndData = try Recorded07.chunk("c2 S>C", 1)
-        XCTAssertEqual(hexString(try chosen.readExact(startAndData.count, timeout: 10)), hexString(startAndData),
-                       "StartForwardTcp, then the visitor's bytes, one frame each")
+        XCTAssertEqual(
+            hexString(try chosen.readExact(startAndData.count, timeout: 10)), hexString(startAndData),
+            "StartForwardTcp, then the visitor's bytes, one frame each")
         XCTAssertEqual(try c.readExact(6, timeout: 10), try Recorded07.chunk("c1 S>C", 3), "one CreateDataChannel refill")
 
-        try chosen.send(try Recorded07.chunk("c2 C>S", 2))   // the recorded echo frame, as sent
+        try chosen.send(try Recorded07.chunk("c2 C>S", 2))  // the recorded echo frame, as sent
         XCTAssertEqual(try visitor.readExact(10, timeout: 10), Array("hello ws-0".utf8))
         visitor.shutdownWrite()
         XCTAssertEqual(try chosen.readExact(2, timeout: 10), try Recorded07.chunk("c2 S>C", 2), "the visitor's FIN as a close frame")
-        chosen.shutdownWrite()   // as the recorded client: a FIN
+        chosen.shutdownWrite()  // as the recorded client: a FIN
         XCTAssertEqual(visitor.readSome(timeout: 10), .eof)
         for d in channels where d !== chosen {
             XCTAssertEqual(d.readSome(timeout: 0), .timeout, "other pooled channels stay untouched")
@@ -155,15 +158,17 @@ final class WebSocketConformanceTests: EndToEndCase {
     func testClientAgainstRecordedServerSide07() throws {
         let fake = try Listener()
         let echo = keep(try LocalService.echo())
-        let client = rathole("client", config: """
-            [client]
-            remote_addr = "127.0.0.1:\(fake.port)"
-            default_token = "\(Recorded07.token)"
+        let client = rathole(
+            "client",
+            config: """
+                [client]
+                remote_addr = "127.0.0.1:\(fake.port)"
+                default_token = "\(Recorded07.token)"
 
-            [client.services.echo]
-            local_addr = "127.0.0.1:\(echo.port)"
+                [client.services.echo]
+                local_addr = "127.0.0.1:\(echo.port)"
 
-            """ + wsTables("client"))
+                """ + wsTables("client"))
         try client.start()
 
         var masks: Set<UInt32> = []
@@ -190,11 +195,13 @@ final class WebSocketConformanceTests: EndToEndCase {
         guard let control = fake.accept(timeout: 15) else { return XCTFail("our client never connected") }
         try upgrade(control, recorded: 1)
         XCTAssertEqual(try readClientFrame(control), Recorded07.helloEcho)
-        try control.send(try Recorded07.chunk("c1 S>C", 1))   // the recorded server Hello frame
+        try control.send(try Recorded07.chunk("c1 S>C", 1))  // the recorded server Hello frame
         let recordedAuthFrame = try Recorded07.chunk("c1 C>S", 2)
-        let recordedAuth = WebSocketFrame.encode(opcode: 2, payload: Array(recordedAuthFrame[6...]), mask: Recorded07.mask(of: recordedAuthFrame)).suffix(32)
+        let recordedAuth = WebSocketFrame.encode(
+            opcode: 2, payload: Array(recordedAuthFrame[6...]), mask: Recorded07.mask(of: recordedAuthFrame)
+        ).suffix(32)
         XCTAssertEqual(try readClientFrame(control), Array(recordedAuth), "Auth = sha256(token || recorded nonce)")
-        try control.send(try Recorded07.chunk("c1 S>C", 2))   // Ack Ok and eight CreateDataChannel
+        try control.send(try Recorded07.chunk("c1 S>C", 2))  // Ack Ok and eight CreateDataChannel
 
         var channels: [Conn] = []
         for n in 2...9 {
@@ -206,16 +213,16 @@ final class WebSocketConformanceTests: EndToEndCase {
         XCTAssertNil(fake.accept(timeout: 0.3), "one data channel per CreateDataChannel")
 
         let d = channels[0]
-        try d.send(try Recorded07.chunk("c2 S>C", 1))   // StartForwardTcp + "hello ws-0"
+        try d.send(try Recorded07.chunk("c2 S>C", 1))  // StartForwardTcp + "hello ws-0"
         XCTAssertEqual(try readClientFrame(d), Array("hello ws-0".utf8), "back through the local echo service")
-        try d.send(try Recorded07.chunk("c2 S>C", 2))   // the recorded close frame
+        try d.send(try Recorded07.chunk("c2 S>C", 2))  // the recorded close frame
         let close = try d.readFrame(timeout: 10)
         XCTAssertEqual(close.header.prefix(2), [0x88, 0x80], "our close frame once the local service closed too")
         XCTAssertNotNil(d.waitClosed(timeout: 10))
         XCTAssertEqual(echo.accepted, 1)
         XCTAssertEqual(masks.count, 2 + 8 + 1, "a fresh masking key per frame")
 
-        try control.send(try Recorded07.chunk("c1 S>C", 3))   // a refill
+        try control.send(try Recorded07.chunk("c1 S>C", 3))  // a refill
         guard let refill = fake.accept(timeout: 10) else { return XCTFail("no data channel for the refill") }
         try upgrade(refill, recorded: 10)
         XCTAssertEqual(try readClientFrame(refill), [1, 0, 0, 0, 1] + Array(recordedAuth))

@@ -76,8 +76,10 @@ final class WebSocketHostileInputTests: EndToEndCase {
 
     /// Connects, sends `bytes`, and expects the server to close within `within` seconds, having
     /// sent `reply` (nothing by default), and to log one line naming this connection's port.
-    private func assertRefused(_ t: WSTunnel, _ bytes: [UInt8], reply: [UInt8] = [], within: Double = 2, log expected: String,
-                               what: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func assertRefused(
+        _ t: WSTunnel, _ bytes: [UInt8], reply: [UInt8] = [], within: Double = 2, log expected: String,
+        what: String, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let c = try Conn.connect(port: t.control)
         let port = localPort(c.fd)
         let start = monoNow()
@@ -101,13 +103,17 @@ final class WebSocketHostileInputTests: EndToEndCase {
         try assertRefused(t, [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03], log: notHTTP, what: "a TLS ClientHello")
         try assertRefused(t, Array("POST / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), log: notHTTP, what: "POST")
         try assertRefused(t, patternBytes(count: 64 << 10, seed: 5), log: notHTTP, what: "64 KiB of noise")
-        let noKey = Array(String(decoding: Self.goodUpgrade, as: UTF8.self).replacingOccurrences(of: "Sec-WebSocket-Key", with: "X-Key").utf8)
+        let noKey = Array(
+            String(decoding: Self.goodUpgrade, as: UTF8.self).replacingOccurrences(of: "Sec-WebSocket-Key", with: "X-Key").utf8)
         try assertRefused(t, noKey, reply: WebSocketHandshake.badRequestResponse, log: "no Sec-WebSocket-Key", what: "no key")
         let curl = Array("GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n".utf8)
-        try assertRefused(t, curl, reply: WebSocketHandshake.badRequestResponse, log: "no \"Connection: Upgrade\"", what: "a plain HTTP GET")
+        try assertRefused(
+            t, curl, reply: WebSocketHandshake.badRequestResponse, log: "no \"Connection: Upgrade\"", what: "a plain HTTP GET")
         let old = Array(String(decoding: Self.goodUpgrade, as: UTF8.self).replacingOccurrences(of: "Version: 13", with: "Version: 8").utf8)
         try assertRefused(t, old, reply: WebSocketHandshake.badRequestResponse, log: "Sec-WebSocket-Version", what: "version 8")
-        let huge = Array("GET / HTTP/1.1\r\n".utf8) + Array(repeating: Array("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaa\r\n".utf8), count: 600).flatMap { $0 }
+        let huge =
+            Array("GET / HTTP/1.1\r\n".utf8)
+            + Array(repeating: Array("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaa\r\n".utf8), count: 600).flatMap { $0 }
         try assertRefused(t, huge, log: "HTTP head longer than", what: "a 20 KiB head")
         let outcome = busy.finish()
         XCTAssertNil(outcome.error, "the visitor relayed meanwhile")
@@ -164,8 +170,9 @@ final class WebSocketHostileInputTests: EndToEndCase {
             ("a stray continuation", [0x80, 0x81] + key + [0], "continuation frame outside a message"),
         ]
         for (what, frames, expected) in cases {
-            try assertRefused(t, Self.goodUpgrade + frames, reply: WebSocketHandshake.response(key: "dGhlIHNhbXBsZSBub25jZQ=="),
-                              log: expected, what: what)
+            try assertRefused(
+                t, Self.goodUpgrade + frames, reply: WebSocketHandshake.response(key: "dGhlIHNhbXBsZSBub25jZQ=="),
+                log: expected, what: what)
         }
         // Half a frame, then the stranger's FIN.
         let c = try Conn.connect(port: t.control)
@@ -173,8 +180,9 @@ final class WebSocketHostileInputTests: EndToEndCase {
         try c.send(Self.goodUpgrade + Array(masked(2, hello).prefix(20)))
         c.shutdownWrite()
         XCTAssertNotNil(c.waitClosed(timeout: 2), "a truncated frame: closed at once")
-        XCTAssertTrue(t.server.waitForLog("connection from 127.0.0.1:\(port): connection closed in the middle of a websocket frame", timeout: 5),
-                      t.server.log)
+        XCTAssertTrue(
+            t.server.waitForLog("connection from 127.0.0.1:\(port): connection closed in the middle of a websocket frame", timeout: 5),
+            t.server.log)
         let outcome = busy.finish()
         XCTAssertNil(outcome.error, "the visitor relayed meanwhile")
         XCTAssertTrue(t.server.isRunning && t.client.isRunning)
@@ -190,7 +198,9 @@ final class WebSocketHostileInputTests: EndToEndCase {
         var conns: [Conn] = []
         for _ in 0..<300 {
             let c = try Conn.connect(port: t.control)
-            let partialHello = WebSocketFrame.encode(opcode: 2, payload: [0, 0, 0, 0, 1] + [UInt8](repeating: 7, count: 25), mask: 0x0403_0201).suffix(30)
+            let partialHello = WebSocketFrame.encode(
+                opcode: 2, payload: [0, 0, 0, 0, 1] + [UInt8](repeating: 7, count: 25), mask: 0x0403_0201
+            ).suffix(30)
             try c.send(Self.goodUpgrade + [0x82, 0xFF, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4] + partialHello)
             conns.append(c)
         }
@@ -214,13 +224,20 @@ final class WebSocketHostileInputTests: EndToEndCase {
         let client = rathole("client", config: config.clientText)
         try client.start()
         let answers: [(String, ([UInt8]) -> [UInt8], String)] = [
-            ("404", { _ in Array("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".utf8) }, "the server answered \"HTTP/1.1 404 Not Found\""),
+            (
+                "404", { _ in Array("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".utf8) },
+                "the server answered \"HTTP/1.1 404 Not Found\""
+            ),
             ("wrong accept", { _ in WebSocketHandshake.response(key: "c29tZXRoaW5nIGVsc2UhIQ==") }, "wrong Sec-WebSocket-Accept"),
             ("a TLS alert", { _ in [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46] }, "not an HTTP websocket upgrade"),
-            ("masked frames", { request in
-                let key = (try? WebSocketHandshake.checkRequest(request)) ?? ""
-                return WebSocketHandshake.response(key: key) + WebSocketFrame.encode(opcode: 2, payload: [UInt8](repeating: 0, count: 37), mask: 1)
-            }, "masked websocket frame from a server"),
+            (
+                "masked frames",
+                { request in
+                    let key = (try? WebSocketHandshake.checkRequest(request)) ?? ""
+                    return WebSocketHandshake.response(key: key)
+                        + WebSocketFrame.encode(opcode: 2, payload: [UInt8](repeating: 0, count: 37), mask: 1)
+                }, "masked websocket frame from a server"
+            ),
         ]
         for (what, answer, expected) in answers {
             guard let c = fake.accept(timeout: 15) else { return XCTFail("\(what): our client did not (re)connect") }

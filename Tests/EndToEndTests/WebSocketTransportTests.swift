@@ -17,7 +17,8 @@ final class WebSocketTransportTests: EndToEndCase {
         var t = "[\(side).transport]\ntype = \"websocket\"\n\n[\(side).transport.websocket]\ntls = \(tls)\n"
         if tls {
             let d = try certs()
-            t += side == "server"
+            t +=
+                side == "server"
                 ? "\n[server.transport.tls]\npkcs12 = \"\(d)/server.p12\"\npkcs12_password = \"\(Self.p12Password)\"\n"
                 : "\n[client.transport.tls]\ntrusted_root = \"\(d)/ca.pem\"\nhostname = \"localhost\"\n"
         }
@@ -42,23 +43,32 @@ final class WebSocketTransportTests: EndToEndCase {
 
     /// A server and a client with a TCP and a UDP echo service; the client reaches the server at
     /// `remotePort` (a proxy or bridge in between) or the control port.
-    private func start(serverTables: String, clientTables: String, control: UInt16 = Ports.free(),
-                       remotePort: UInt16? = nil) throws -> Setup {
+    private func start(
+        serverTables: String, clientTables: String, control: UInt16 = Ports.free(),
+        remotePort: UInt16? = nil
+    ) throws -> Setup {
         let echo = keep(try LocalService.echo())
         let udpEcho = keep(try UDPEcho())
-        var config = TunnelConfig(controlPort: control, services: [ServiceSpec("wstcp", port: Ports.free(), localPort: echo.port),
-                                                                   ServiceSpec("wsudp", type: "udp", port: Ports.freeUDP(), localPort: udpEcho.port)])
+        var config = TunnelConfig(
+            controlPort: control,
+            services: [
+                ServiceSpec("wstcp", port: Ports.free(), localPort: echo.port),
+                ServiceSpec("wsudp", type: "udp", port: Ports.freeUDP(), localPort: udpEcho.port),
+            ])
         config.serverTables = serverTables
         config.clientTables = clientTables
         if let remotePort { config.remoteAddr = "127.0.0.1:\(remotePort)" }
         let (server, client) = try start(config)
-        return Setup(server: server, client: client, tcpPort: config.services[0].port, udpPort: config.services[1].port, echo: echo, udpEcho: udpEcho)
+        return Setup(
+            server: server, client: client, tcpPort: config.services[0].port, udpPort: config.services[1].port, echo: echo, udpEcho: udpEcho
+        )
     }
 
     /// Echoes of several sizes, `big` bytes hashed, 50 concurrent connections, datagrams.
     private func checkForwarding(_ s: Setup, _ what: String, big: Int = 64 << 20, concurrent: Int = 50) throws {
         for (i, size) in [1, 5000, 200_000].enumerated() {
-            XCTAssertNoThrow(try echoOnce(port: s.tcpPort, payload: patternBytes(count: size, seed: UInt64(i + 1))), "\(what): \(size) bytes")
+            XCTAssertNoThrow(
+                try echoOnce(port: s.tcpPort, payload: patternBytes(count: size, seed: UInt64(i + 1))), "\(what): \(size) bytes")
         }
         XCTAssertNoThrow(try echoTransfer(port: s.tcpPort, data: Array(bigPattern.prefix(big))), "\(what): \(big >> 20) MiB")
         let failures = concurrentEchoes(port: s.tcpPort, count: concurrent)
@@ -69,12 +79,14 @@ final class WebSocketTransportTests: EndToEndCase {
         defer { visitor.close() }
         for (i, size) in [1, 100, 1400, 2000].enumerated() {
             let datagram = patternBytes(count: size, seed: UInt64(100 + i))
-            XCTAssertEqual(visitor.roundTrip(datagram, toPort: s.udpPort, attempts: 5), datagram, "\(what): a UDP datagram of \(size) bytes")
+            XCTAssertEqual(
+                visitor.roundTrip(datagram, toPort: s.udpPort, attempts: 5), datagram, "\(what): a UDP datagram of \(size) bytes")
         }
         XCTAssertTrue(s.server.isRunning && s.client.isRunning, what)
         for p in [s.server, s.client] {
-            XCTAssertTrue(p.lines(containing: "WARN").isEmpty && p.lines(containing: "ERROR").isEmpty,
-                          "\(what): \(p.name) complained:\n\(p.log)")
+            XCTAssertTrue(
+                p.lines(containing: "WARN").isEmpty && p.lines(containing: "ERROR").isEmpty,
+                "\(what): \(p.name) complained:\n\(p.log)")
         }
     }
 
@@ -97,7 +109,8 @@ final class WebSocketTransportTests: EndToEndCase {
         let d = try certs()
         var config = TunnelConfig(services: [service])
         config.serverTables = try tables("server", tls: true)
-        config.clientTables = "[client.transport]\ntype = \"websocket\"\n\n[client.transport.websocket]\ntls = true\n\n"
+        config.clientTables =
+            "[client.transport]\ntype = \"websocket\"\n\n[client.transport.websocket]\ntls = true\n\n"
             + "[client.transport.tls]\ntrusted_root = \"\(d)/other-ca.pem\"\nhostname = \"localhost\"\n"
         let server = rathole("server", config: config.serverText)
         let client = rathole("client", config: config.clientText)
@@ -115,14 +128,17 @@ final class WebSocketTransportTests: EndToEndCase {
             let what = tls ? "wss" : "ws"
             let received = Locked<[UInt8]?>(nil)
             let answering = keep(try LocalService.halfClose())
-            let closing = keep(try LocalService(name: "early-closer") { conn in
-                try? conn.send("bye;")
-                conn.shutdownWrite()
-                let got = try? conn.readToEOF(timeout: 30)
-                received.withLock { $0 = got }
-            })
-            let services = [ServiceSpec("answering", port: Ports.free(), localPort: answering.port),
-                            ServiceSpec("closing", port: Ports.free(), localPort: closing.port)]
+            let closing = keep(
+                try LocalService(name: "early-closer") { conn in
+                    try? conn.send("bye;")
+                    conn.shutdownWrite()
+                    let got = try? conn.readToEOF(timeout: 30)
+                    received.withLock { $0 = got }
+                })
+            let services = [
+                ServiceSpec("answering", port: Ports.free(), localPort: answering.port),
+                ServiceSpec("closing", port: Ports.free(), localPort: closing.port),
+            ]
             var config = TunnelConfig(services: services)
             config.serverTables = try tables("server", tls: tls)
             config.clientTables = try tables("client", tls: tls)
@@ -132,8 +148,9 @@ final class WebSocketTransportTests: EndToEndCase {
             XCTAssertEqual(String(decoding: try v.readExact(9, timeout: 15), as: UTF8.self), "greeting;", what)
             try v.send("ping-half-close")
             v.shutdownWrite()
-            XCTAssertEqual(String(decoding: try v.readToEOF(timeout: 15), as: UTF8.self),
-                           "saw EOF after 15 bytes;you said <ping-half-close>", what)
+            XCTAssertEqual(
+                String(decoding: try v.readToEOF(timeout: 15), as: UTF8.self),
+                "saw EOF after 15 bytes;you said <ping-half-close>", what)
 
             let w = try Conn.connect(port: services[1].port)
             XCTAssertEqual(try w.readToEOF(timeout: 15), Array("bye;".utf8), "\(what): the service's FIN reaches the visitor")
@@ -152,7 +169,9 @@ final class WebSocketTransportTests: EndToEndCase {
     private func startTinyproxy(connectPort: UInt16) throws -> UInt16 {
         let binary = try Programs.require("tinyproxy", package: "tinyproxy")
         let port = Ports.free()
-        let conf = writeFile("tinyproxy-\(port).conf", """
+        let conf = writeFile(
+            "tinyproxy-\(port).conf",
+            """
             Port \(port)
             Listen 127.0.0.1
             Timeout 600
@@ -172,8 +191,9 @@ final class WebSocketTransportTests: EndToEndCase {
         for tls in [false, true] {
             let control = Ports.free()
             let proxy = try startTinyproxy(connectPort: control)
-            let s = try start(serverTables: try tables("server", tls: tls),
-                              clientTables: try tables("client", tls: tls, proxy: "http://127.0.0.1:\(proxy)"), control: control)
+            let s = try start(
+                serverTables: try tables("server", tls: tls),
+                clientTables: try tables("client", tls: tls, proxy: "http://127.0.0.1:\(proxy)"), control: control)
             try checkForwarding(s, tls ? "wss via tinyproxy" : "ws via tinyproxy", big: 16 << 20, concurrent: 20)
             s.client.killNow()
             s.server.killNow()
@@ -184,7 +204,8 @@ final class WebSocketTransportTests: EndToEndCase {
 
     /// /usr/bin/python3 (or another on PATH) that can import websockets.
     private func pythonWithWebsockets() throws -> String {
-        let candidates = ["/usr/bin/python3"] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/python3" }
+        let candidates =
+            ["/usr/bin/python3"] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/python3" }
         for p in candidates where access(p, X_OK) == 0 {
             if (try? Programs.run([p, "-c", "import websockets.sync.server"]))?.status == 0 { return p }
         }

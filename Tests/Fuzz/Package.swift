@@ -7,7 +7,7 @@ import PackageDescription
 let package = Package(
     name: "rathole-fuzz",
     dependencies: [
-        .package(name: "rathole", path: "../.."),
+        .package(name: "rathole", path: "../..")
     ],
     targets: [
         // libFuzzer's driver entry point and ASan's allocation hooks.

@@ -3,24 +3,29 @@
 
 import Foundation
 import XCTest
+
 @testable import Noise
 
 final class NoiseInteropTests: XCTestCase {
     /// Full handshake and transport exchange with noise_peer.py, our side in `ourRole`: in a process of
     /// its own, or as the next session of `sharedPeer` (started with --sessions).
     /// `suite` ends the protocol name (ChaChaPoly_BLAKE2s, AESGCM_SHA256, ...).
-    private func interop(pattern: String, suite: String = "ChaChaPoly_BLAKE2s", ourRole: NoiseRole, sizes: [Int],
-                         sharedPeer: DissononcePeer? = nil) throws {
+    private func interop(
+        pattern: String, suite: String = "ChaChaPoly_BLAKE2s", ourRole: NoiseRole, sizes: [Int],
+        sharedPeer: DissononcePeer? = nil
+    ) throws {
         let name = "Noise_\(pattern)_25519_\(suite)"
         let context = "\(name), we are the \(ourRole)"
         let ours = NoiseKeyPair.generate()
         let theirs = NoiseKeyPair.generate()
         let noiseProtocol = try NoiseProtocol(name: name)
-        let session = try NoiseSession(protocol: noiseProtocol, role: ourRole,
-                                       localStaticKey: ours, remoteStaticKey: theirs.publicKey)
+        let session = try NoiseSession(
+            protocol: noiseProtocol, role: ourRole,
+            localStaticKey: ours, remoteStaticKey: theirs.publicKey)
         let peerRole: NoiseRole = ourRole == .initiator ? .responder : .initiator
-        let arguments = DissononcePeer.sessionArguments(protocolName: name, role: peerRole,
-                                                        localPrivate: theirs.privateKey, remotePublic: ours.publicKey)
+        let arguments = DissononcePeer.sessionArguments(
+            protocolName: name, role: peerRole,
+            localPrivate: theirs.privateKey, remotePublic: ours.publicKey)
         let peer: DissononcePeer
         if let sharedPeer {
             peer = sharedPeer
@@ -63,8 +68,10 @@ final class NoiseInteropTests: XCTestCase {
         }
     }
 
-    private let largeSizes = [0, 1, 5, 1000, NoiseConstants.maxPlaintextLength - 36,
-                              NoiseConstants.maxPlaintextLength, 200_000, 1_500_000]
+    private let largeSizes = [
+        0, 1, 5, 1000, NoiseConstants.maxPlaintextLength - 36,
+        NoiseConstants.maxPlaintextLength, 200_000, 1_500_000,
+    ]
 
     func testInteropNK() throws {
         try interop(pattern: "NK", ourRole: .initiator, sizes: largeSizes)

@@ -3,18 +3,21 @@
 // the byte order of each cipher's nonce.
 
 import XCTest
+
 @testable import Noise
 
 final class NoiseSuiteTests: XCTestCase {
     func testBlake2sAndHmacPrimitives() throws {
         // BLAKE2s-256 of "abc" (RFC 7693, appendix B).
-        XCTAssertEqual(hexString(NoiseHash.blake2s.hash(Array("abc".utf8))),
-                       "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982")
+        XCTAssertEqual(
+            hexString(NoiseHash.blake2s.hash(Array("abc".utf8))),
+            "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982")
         // Streaming two parts equals hashing the concatenation.
         XCTAssertEqual(NoiseHash.blake2s.hash(Array("ab".utf8), Array("c".utf8)), NoiseHash.blake2s.hash(Array("abc".utf8)))
         // HMAC-BLAKE2s (block length 64), value from Python's hmac + hashlib.blake2s.
-        XCTAssertEqual(hexString(NoiseHash.blake2s.hmac(key: (0..<32).map { UInt8($0) }, data: Array("abc".utf8))),
-                       "82623be5bc0a391b24dce53e67d028eff92d586de0485ac37822e597d049c74f")
+        XCTAssertEqual(
+            hexString(NoiseHash.blake2s.hmac(key: (0..<32).map { UInt8($0) }, data: Array("abc".utf8))),
+            "82623be5bc0a391b24dce53e67d028eff92d586de0485ac37822e597d049c74f")
         // HKDF outputs chain as the spec says: output2 = HMAC(temp, output1 || 0x02).
         let ck = pseudoRandomBytes(32, seed: 1)
         let ikm = pseudoRandomBytes(32, seed: 2)
@@ -30,14 +33,24 @@ final class NoiseSuiteTests: XCTestCase {
     /// length gives another value.
     func testEachHash() throws {
         let expected: [(NoiseHash, Int, String, String)] = [
-            (.blake2s, 32, "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982",
-             "c1b751501db12b753069a918627b623179be55c8cc7ca5c4e14bdf32274ac656"),
-            (.blake2b, 64, "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d17d87c5392aab792dc252d5de4533cc9518d38aa8dbf1925ab92386edd4009923",
-             "97a3698e5b6dc30cf4a3e51dd3542945d671d2eb3c021027fcb7b3c4b60053c07f88d3d7091685246cfbc525bb50ad126c04d67400a76f22af47563144c1a65b"),
-            (.sha256, 32, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
-             "26046d5e7422f9d5acc772ba5b517d0a88b955ad808252129bca3889b5155029"),
-            (.sha512, 64, "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
-             "c277ac32c51079656a010db2495a176b975ebcf70cf3a83f36e7386f70bd6685623f5d96665dfe1dbe09e6348af8baeb01a82c5a50da9b87e209a359534bd90d"),
+            (
+                .blake2s, 32, "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982",
+                "c1b751501db12b753069a918627b623179be55c8cc7ca5c4e14bdf32274ac656"
+            ),
+            (
+                .blake2b, 64,
+                "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d17d87c5392aab792dc252d5de4533cc9518d38aa8dbf1925ab92386edd4009923",
+                "97a3698e5b6dc30cf4a3e51dd3542945d671d2eb3c021027fcb7b3c4b60053c07f88d3d7091685246cfbc525bb50ad126c04d67400a76f22af47563144c1a65b"
+            ),
+            (
+                .sha256, 32, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                "26046d5e7422f9d5acc772ba5b517d0a88b955ad808252129bca3889b5155029"
+            ),
+            (
+                .sha512, 64,
+                "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+                "c277ac32c51079656a010db2495a176b975ebcf70cf3a83f36e7386f70bd6685623f5d96665dfe1dbe09e6348af8baeb01a82c5a50da9b87e209a359534bd90d"
+            ),
         ]
         let key = (0..<100).map { UInt8($0) }
         for (hash, length, digest, mac) in expected {
@@ -89,9 +102,11 @@ final class NoiseSuiteTests: XCTestCase {
             var frame = try i.seal(secret)
             frame[500] ^= 0x01
             var out = [UInt8](repeating: 0, count: 2000)
-            XCTAssertThrowsError(try frame.withUnsafeBytes { input in
-                try out.withUnsafeMutableBytes { try r.open(input, into: $0) }
-            }, suite) { XCTAssertEqual($0 as? NoiseError, .decryptFailed, suite) }
+            XCTAssertThrowsError(
+                try frame.withUnsafeBytes { input in
+                    try out.withUnsafeMutableBytes { try r.open(input, into: $0) }
+                }, suite
+            ) { XCTAssertEqual($0 as? NoiseError, .decryptFailed, suite) }
             XCTAssertEqual(out.filter { $0 != 0 }.count, 0, "\(suite): bytes of the refused frame's plaintext were left behind")
         }
     }

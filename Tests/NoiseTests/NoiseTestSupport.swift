@@ -4,6 +4,7 @@
 
 import Foundation
 import XCTest
+
 @testable import Noise
 
 func hex(_ text: String) -> [UInt8] {
@@ -27,7 +28,10 @@ func hexString(_ bytes: [UInt8]) -> String {
     let digits = Array("0123456789abcdef".utf8)
     var out: [UInt8] = []
     out.reserveCapacity(bytes.count * 2)
-    for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
+    for b in bytes {
+        out.append(digits[Int(b >> 4)])
+        out.append(digits[Int(b & 15)])
+    }
     return String(decoding: out, as: UTF8.self)
 }
 
@@ -35,7 +39,9 @@ func hexString(_ bytes: [UInt8]) -> String {
 func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
     var state = seed | 1
     return (0..<count).map { _ in
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
         return UInt8(truncatingIfNeeded: state)
     }
 }
@@ -63,16 +69,25 @@ struct MissingSharedFile: Error, CustomStringConvertible {
 }
 
 /// Runs a full handshake between two in-memory sessions.
-func connectedPair(_ name: String = NoiseProtocol.defaultName, initiatorStatic: NoiseKeyPair? = nil,
-                   responderStatic: NoiseKeyPair? = nil) throws -> (initiator: NoiseSession, responder: NoiseSession) {
-    let i = try NoiseSession(protocolName: name, role: .initiator, localStaticKey: initiatorStatic,
-                             remoteStaticKey: responderStatic?.publicKey)
-    let r = try NoiseSession(protocolName: name, role: .responder, localStaticKey: responderStatic,
-                             remoteStaticKey: initiatorStatic?.publicKey)
+func connectedPair(
+    _ name: String = NoiseProtocol.defaultName, initiatorStatic: NoiseKeyPair? = nil,
+    responderStatic: NoiseKeyPair? = nil
+) throws -> (initiator: NoiseSession, responder: NoiseSession) {
+    let i = try NoiseSession(
+        protocolName: name, role: .initiator, localStaticKey: initiatorStatic,
+        remoteStaticKey: responderStatic?.publicKey)
+    let r = try NoiseSession(
+        protocolName: name, role: .responder, localStaticKey: responderStatic,
+        remoteStaticKey: initiatorStatic?.publicKey)
     while !(i.isHandshakeComplete && r.isHandshakeComplete) {
-        if i.isMyTurnToWrite { try r.readHandshakeMessage(i.nextHandshakeMessage()) }
-        else if r.isMyTurnToWrite { try i.readHandshakeMessage(r.nextHandshakeMessage()) }
-        else { XCTFail("handshake stuck"); break }
+        if i.isMyTurnToWrite {
+            try r.readHandshakeMessage(i.nextHandshakeMessage())
+        } else if r.isMyTurnToWrite {
+            try i.readHandshakeMessage(r.nextHandshakeMessage())
+        } else {
+            XCTFail("handshake stuck")
+            break
+        }
     }
     return (i, r)
 }
@@ -88,7 +103,9 @@ final class DissononcePeer {
     static func pythonExecutable() throws -> String {
         // Debian's python3-dissononce lives in the system interpreter; a python3 earlier on PATH (pyenv,
         // venv) may not see it.
-        let candidates = ["/usr/bin/python3"] + (ProcessInfo.processInfo.environment["PATH"] ?? "")
+        let candidates =
+            ["/usr/bin/python3"]
+            + (ProcessInfo.processInfo.environment["PATH"] ?? "")
             .split(separator: ":").map { "\($0)/python3" }
         for candidate in candidates where FileManager.default.isExecutableFile(atPath: candidate) {
             let check = Process()
@@ -100,14 +117,20 @@ final class DissononcePeer {
             check.waitUntilExit()
             if check.terminationStatus == 0 { return candidate }
         }
-        throw NSError(domain: "NoiseTests", code: 1, userInfo: [NSLocalizedDescriptionKey:
-            "python3-dissononce is not installed: no python3 can `import dissononce` (apt-get install python3-dissononce)"])
+        throw NSError(
+            domain: "NoiseTests", code: 1,
+            userInfo: [
+                NSLocalizedDescriptionKey:
+                    "python3-dissononce is not installed: no python3 can `import dissononce` (apt-get install python3-dissononce)"
+            ])
     }
 
     /// noise_peer.py's arguments for one session (or ["--sessions"] for several, see `startSession`).
     static func sessionArguments(protocolName: String, role: NoiseRole, localPrivate: [UInt8]?, remotePublic: [UInt8]?) -> [String] {
-        [protocolName, role == .initiator ? "initiator" : "responder",
-         localPrivate.map(hexString) ?? "-", remotePublic.map(hexString) ?? "-"]
+        [
+            protocolName, role == .initiator ? "initiator" : "responder",
+            localPrivate.map(hexString) ?? "-", remotePublic.map(hexString) ?? "-",
+        ]
     }
 
     init(arguments: [String]) throws {
@@ -194,8 +217,10 @@ final class PeerConversation {
 
     func sendMessage(_ body: [UInt8]) throws {
         let n = UInt32(body.count)
-        var message = [UInt8(truncatingIfNeeded: n), UInt8(truncatingIfNeeded: n >> 8),
-                       UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 24)]
+        var message = [
+            UInt8(truncatingIfNeeded: n), UInt8(truncatingIfNeeded: n >> 8),
+            UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 24),
+        ]
         message += body
         message += NoiseHash.blake2s.hash(body)
         try peer.send(session.seal(message))
@@ -208,7 +233,8 @@ final class PeerConversation {
 
 /// Runs Fixtures/noise_vectors.py verify with `json` on its stdin: (exit status, stdout, stderr).
 func dissononceVerify(_ json: Data) throws -> (status: Int32, output: String, errors: String) {
-    let file = FileManager.default.temporaryDirectory.appendingPathComponent("noise-vectors-\(getpid())-\(UInt32.random(in: 0 ... .max)).json")
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent(
+        "noise-vectors-\(getpid())-\(UInt32.random(in: 0 ... .max)).json")
     try json.write(to: file)
     defer { try? FileManager.default.removeItem(at: file) }
     let process = Process()

@@ -4,6 +4,7 @@
 
 import Foundation
 import XCTest
+
 @testable import Noise
 
 final class NoiseTests: XCTestCase {
@@ -181,8 +182,10 @@ final class NoiseTests: XCTestCase {
             // The recorded NK client's first message, then a 3-byte frame's header and one byte.
             let serverKey = try NoiseKeyPair(base64PrivateKey: "9loWbcY+DQrEXYfQcYwVqKdvttfzU5vz+1Jku0vs8nI=")
             let responder = try NoiseSession(role: .responder, localStaticKey: serverKey)
-            let first = hex("3000") + hex(
-                "5a15004930bd2a3045731ee19a0568a0ee15c1631b5b78ddb229547fd44c697f635a9b80ecaf79c4f37abda02057fe66")
+            let first =
+                hex("3000")
+                + hex(
+                    "5a15004930bd2a3045731ee19a0568a0ee15c1631b5b78ddb229547fd44c697f635a9b80ecaf79c4f37abda02057fe66")
             XCTAssertEqual(try responder.readHandshakeMessage(first + [0x03, 0x00, 0x28]), 1)
             _ = try responder.nextHandshakeMessage()
             XCTAssertTrue(responder.isHandshakeComplete)
@@ -264,12 +267,16 @@ final class NoiseTests: XCTestCase {
         }
         let kk = "Noise_KK_25519_ChaChaPoly_BLAKE2s"
         XCTAssertThrowsError(try NoiseSession(protocolName: kk, role: .initiator, localStaticKey: .generate()))
-        XCTAssertThrowsError(try NoiseSession(protocolName: kk, role: .responder,
-                                              remoteStaticKey: NoiseKeyPair.generate().publicKey))
+        XCTAssertThrowsError(
+            try NoiseSession(
+                protocolName: kk, role: .responder,
+                remoteStaticKey: NoiseKeyPair.generate().publicKey))
         // XX needs static keys on both sides but no remote key up front; a given remote key is ignored.
         XCTAssertThrowsError(try NoiseSession(protocolName: "Noise_XX_25519_ChaChaPoly_BLAKE2s", role: .initiator))
-        XCTAssertNoThrow(try NoiseSession(protocolName: "Noise_XX_25519_ChaChaPoly_BLAKE2s", role: .initiator,
-                                          localStaticKey: .generate(), remoteStaticKey: NoiseKeyPair.generate().publicKey))
+        XCTAssertNoThrow(
+            try NoiseSession(
+                protocolName: "Noise_XX_25519_ChaChaPoly_BLAKE2s", role: .initiator,
+                localStaticKey: .generate(), remoteStaticKey: NoiseKeyPair.generate().publicKey))
         // NN needs nothing.
         XCTAssertNoThrow(try NoiseSession(protocolName: "Noise_NN_25519_ChaChaPoly_BLAKE2s", role: .responder))
         // A low-order remote key gives an all-zero DH: refused.
@@ -345,14 +352,17 @@ final class NoiseTests: XCTestCase {
         // The buffer variant refuses a buffer that is too small.
         var small = [UInt8](repeating: 0, count: 20)
         let three = [UInt8](repeating: 1, count: 3)
-        XCTAssertThrowsError(try small.withUnsafeMutableBytes { out in
-            try three.withUnsafeBytes { try i.seal($0, into: out) }
-        }) { XCTAssertEqual($0 as? NoiseError, .outputBufferTooSmall(needed: 21, available: 20)) }
+        XCTAssertThrowsError(
+            try small.withUnsafeMutableBytes { out in
+                try three.withUnsafeBytes { try i.seal($0, into: out) }
+            }
+        ) { XCTAssertEqual($0 as? NoiseError, .outputBufferTooSmall(needed: 21, available: 20)) }
     }
 
     func testOpenWithArbitraryChunks() throws {
-        let (i, r) = try connectedPair("Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
-                                       responderStatic: .generate())
+        let (i, r) = try connectedPair(
+            "Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
+            responderStatic: .generate())
         var plaintext: [UInt8] = []
         var stream: [UInt8] = []
         for (n, size) in [1, 0, 17, 65519, 3, 100_000, 5000, 65520, 1].enumerated() {
@@ -362,8 +372,9 @@ final class NoiseTests: XCTestCase {
         }
         // One byte at a time.
         var out: [UInt8] = []
-        let (i1, r1) = try connectedPair("Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
-                                         responderStatic: .generate())
+        let (i1, r1) = try connectedPair(
+            "Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
+            responderStatic: .generate())
         let stream1 = try i1.seal(Array(plaintext.prefix(70_000)))
         for byte in stream1 { out += try r1.open([byte]) }
         XCTAssertEqual(out, Array(plaintext.prefix(70_000)))
@@ -382,8 +393,9 @@ final class NoiseTests: XCTestCase {
         XCTAssertEqual(r.bufferedInputCount, 0)
 
         // The zero-copy variant with an output buffer smaller than the input: partial consumption.
-        let (i2, r2) = try connectedPair("Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
-                                         responderStatic: .generate())
+        let (i2, r2) = try connectedPair(
+            "Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
+            responderStatic: .generate())
         let stream2 = try i2.seal(plaintext)
         var buffer = [UInt8](repeating: 0, count: NoiseConstants.maxPlaintextLength)
         out = []
@@ -404,8 +416,9 @@ final class NoiseTests: XCTestCase {
         XCTAssertEqual(out, plaintext)
 
         // And the seal variant into a caller buffer gives the same bytes as the array one.
-        let (i3, r3) = try connectedPair("Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
-                                         responderStatic: .generate())
+        let (i3, r3) = try connectedPair(
+            "Noise_XX_25519_ChaChaPoly_BLAKE2s", initiatorStatic: .generate(),
+            responderStatic: .generate())
         var sealed = [UInt8](repeating: 0, count: NoiseSession.sealedSize(plaintextCount: plaintext.count) + 10)
         let n = try plaintext.withUnsafeBytes { p in try sealed.withUnsafeMutableBytes { try i3.seal(p, into: $0) } }
         XCTAssertEqual(n, NoiseSession.sealedSize(plaintextCount: plaintext.count))
@@ -474,4 +487,5 @@ final class NoiseTests: XCTestCase {
         old.setNonce(2)
         let c = try a.encryptWithAd([], [4])
         XCTAssertThrowsError(try old.decryptWithAd([], c))
-    }}
+    }
+}

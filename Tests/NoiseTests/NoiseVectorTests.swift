@@ -6,6 +6,7 @@
 
 import Foundation
 import XCTest
+
 @testable import Noise
 
 final class NoiseVectorTests: XCTestCase {
@@ -35,8 +36,11 @@ final class NoiseVectorTests: XCTestCase {
         let handshakeCount = proto.pattern.messages.count
         XCTAssertGreaterThan(messages.count, handshakeCount, name)
         var ciphertexts: [[UInt8]] = []
-        var ciphers: (i: (send: NoiseCipherState, receive: NoiseCipherState),
-                      r: (send: NoiseCipherState, receive: NoiseCipherState))?
+        var ciphers:
+            (
+                i: (send: NoiseCipherState, receive: NoiseCipherState),
+                r: (send: NoiseCipherState, receive: NoiseCipherState)
+            )?
         for (index, message) in messages.enumerated() {
             let payload = hex(try XCTUnwrap(message["payload"]))
             let initiatorSends = index % 2 == 0
@@ -53,8 +57,10 @@ final class NoiseVectorTests: XCTestCase {
                 XCTAssertEqual(initiator.handshakeHash, responder.handshakeHash, "\(name) handshake hash")
                 ciphers = (try initiator.transportCiphers(), try responder.transportCiphers())
             }
-            let (sender, receiver) = initiatorSends ? (ciphers!.i.send, ciphers!.r.receive)
-                                                    : (ciphers!.r.send, ciphers!.i.receive)
+            let (sender, receiver) =
+                initiatorSends
+                ? (ciphers!.i.send, ciphers!.r.receive)
+                : (ciphers!.r.send, ciphers!.i.receive)
             let sealed = try sender.encryptWithAd([], payload)
             XCTAssertEqual(try receiver.decryptWithAd([], sealed), payload, "\(name) transport payload \(index)")
             ciphertexts.append(sealed)
@@ -103,9 +109,11 @@ final class NoiseVectorTests: XCTestCase {
     private func ourVector(_ name: String) throws -> [String: Any] {
         let pattern = try NoiseProtocol(name: name).pattern
         let prologue = hexString(pseudoRandomBytes(Int.random(in: 0...20), seed: .random(in: 1 ... .max)))
-        var vector: [String: Any] = ["protocol_name": name, "init_prologue": prologue, "resp_prologue": prologue,
-                                     "init_ephemeral": hexString(NoiseKeyPair.generate().privateKey),
-                                     "resp_ephemeral": hexString(NoiseKeyPair.generate().privateKey)]
+        var vector: [String: Any] = [
+            "protocol_name": name, "init_prologue": prologue, "resp_prologue": prologue,
+            "init_ephemeral": hexString(NoiseKeyPair.generate().privateKey),
+            "resp_ephemeral": hexString(NoiseKeyPair.generate().privateKey),
+        ]
         let initiatorStatic = NoiseKeyPair.generate(), responderStatic = NoiseKeyPair.generate()
         if pattern.needsLocalStatic(.initiator) { vector["init_static"] = hexString(initiatorStatic.privateKey) }
         if pattern.needsLocalStatic(.responder) { vector["resp_static"] = hexString(responderStatic.privateKey) }

@@ -122,7 +122,9 @@ final class TLSTests: XCTestCase {
             let words = count / 8
             let raw = UnsafeMutableRawPointer(buf.baseAddress!)
             for i in 0..<words {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                x ^= x << 13
+                x ^= x >> 7
+                x ^= x << 17
                 raw.storeBytes(of: x, toByteOffset: i * 8, as: UInt64.self)
             }
             for i in (words * 8)..<count { buf[i] = UInt8(truncatingIfNeeded: i) }

@@ -77,7 +77,7 @@ public func firstMismatch(_ got: [UInt8], prefixOf sent: [UInt8]) -> Int? {
 public let bigPattern = patternBytes(count: 64 << 20, seed: 0xB16_DA7A)
 
 /// Random bytes read once from /dev/urandom; tests send slices of it.
-public final class RandomPool: @unchecked Sendable {   // read-only after init
+public final class RandomPool: @unchecked Sendable {  // read-only after init
     public static let shared = RandomPool(size: 8 << 20)
 
     public let base: UnsafeMutableRawPointer

@@ -118,8 +118,10 @@ open class EndToEndCase: XCTestCase {
     }
 
     /// A server and a client for one TCP service `name` backed by `local`, both ready.
-    public func startTunnel(name: String = "svc", local: LocalService, serverKeys: [String] = [], clientKeys: [String] = [],
-                            environment: [String: String] = [:]) throws -> Tunnel {
+    public func startTunnel(
+        name: String = "svc", local: LocalService, serverKeys: [String] = [], clientKeys: [String] = [],
+        environment: [String: String] = [:]
+    ) throws -> Tunnel {
         var config = TunnelConfig(services: [ServiceSpec(name, port: Ports.free(), localPort: local.port)])
         config.serverKeys = serverKeys
         config.clientKeys = clientKeys
@@ -129,8 +131,10 @@ open class EndToEndCase: XCTestCase {
 
     /// Writes both files, starts the server, waits until it listens, starts the client and waits
     /// until the server holds its control channels.
-    public func start(_ config: TunnelConfig, serverName: String = "server", clientName: String = "client",
-                      environment: [String: String] = [:]) throws -> (server: RatholeProcess, client: RatholeProcess) {
+    public func start(
+        _ config: TunnelConfig, serverName: String = "server", clientName: String = "client",
+        environment: [String: String] = [:]
+    ) throws -> (server: RatholeProcess, client: RatholeProcess) {
         let server = rathole(serverName, config: config.serverText)
         let client = rathole(clientName, config: config.clientText)
         for p in [server, client] { p.environment.merge(environment) { $1 } }
@@ -155,7 +159,8 @@ open class EndToEndCase: XCTestCase {
         let ready = waitUntil(timeout: timeout, interval: 0.05) {
             // One read of each table per round: on a shared machine they hold thousands of sockets.
             let listening = Set(server.tcpSockets.filter(\.isListening).map(\.localPort))
-            let udp = config.serverServices.contains(where: \.isUDP) && server.isRunning
+            let udp =
+                config.serverServices.contains(where: \.isUDP) && server.isRunning
                 ? Set(ProcFS.udpSockets(pid: server.pid).map(\.localPort)) : []
             missing = []
             if !listening.contains(config.controlPort) { missing.append("control port \(config.controlPort)") }
@@ -165,8 +170,9 @@ open class EndToEndCase: XCTestCase {
             return missing.isEmpty || !server.isRunning
         }
         guard ready && server.isRunning else {
-            throw TestFailure("\(server.name) not ready within \(timeout)s (\(server.poll()?.description ?? "running")): "
-                              + "not listening on \(missing.joined(separator: ", "))")
+            throw TestFailure(
+                "\(server.name) not ready within \(timeout)s (\(server.poll()?.description ?? "running")): "
+                    + "not listening on \(missing.joined(separator: ", "))")
         }
     }
 
@@ -174,8 +180,10 @@ open class EndToEndCase: XCTestCase {
     /// channels and their initial data channels, `count` connections in all (default: all of the
     /// config's services): a data channel is only opened after the server accepted the control
     /// channel, so this is the control channel seen by the peer.
-    public func waitClientReady(_ client: RatholeProcess, server: RatholeProcess, _ config: TunnelConfig,
-                                since: Set<UInt64> = [], count: Int? = nil, timeout: Double = 20) throws {
+    public func waitClientReady(
+        _ client: RatholeProcess, server: RatholeProcess, _ config: TunnelConfig,
+        since: Set<UInt64> = [], count: Int? = nil, timeout: Double = 20
+    ) throws {
         let wanted = count ?? config.establishedChannelCount
         var seen = 0
         let ready = waitUntil(timeout: timeout, interval: 0.05) {
@@ -183,8 +191,9 @@ open class EndToEndCase: XCTestCase {
             return seen >= wanted || !client.isRunning || !server.isRunning
         }
         guard ready && client.isRunning && server.isRunning else {
-            throw TestFailure("the server holds \(seen) of the \(wanted) channels of \(client.name) within \(timeout)s "
-                              + "(client \(client.poll()?.description ?? "running"), server \(server.poll()?.description ?? "running"))")
+            throw TestFailure(
+                "the server holds \(seen) of the \(wanted) channels of \(client.name) within \(timeout)s "
+                    + "(client \(client.poll()?.description ?? "running"), server \(server.poll()?.description ?? "running"))")
         }
     }
 
@@ -195,8 +204,10 @@ open class EndToEndCase: XCTestCase {
 
     /// A visitor through `publicPort` gets no bytes within `seconds` (the server may hold it, then
     /// close it), and `local` sees no connection.
-    public func assertNothingForwarded(publicPort: UInt16, local: LocalService, seconds: Double = 3,
-                                       file: StaticString = #filePath, line: UInt = #line) throws {
+    public func assertNothingForwarded(
+        publicPort: UInt16, local: LocalService, seconds: Double = 3,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let v = try Conn.connect(port: publicPort)
         defer { v.close() }
         try? v.send("is anybody there?")

@@ -42,7 +42,10 @@ public final class Listener: Sendable {
         while true {
             let rc = poll(&p, 1, Int32(max(0, deadline - monoNow()) * 1000))
             if rc == 0 { return nil }
-            if rc < 0 { if errno == EINTR { continue }; return nil }
+            if rc < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
             let c = acceptCloexec(fd)
             if c >= 0 { return Conn(fd: c) }
             if errno == EINTR || errno == ECONNABORTED || errno == EAGAIN { continue }

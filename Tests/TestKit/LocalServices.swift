@@ -5,7 +5,7 @@ import ControlPlane
 import Glibc
 
 /// A TCP service on loopback with a kernel-chosen port.
-public final class LocalService: @unchecked Sendable {   // mutable state only in `state`
+public final class LocalService: @unchecked Sendable {  // mutable state only in `state`
     public let name: String
     public let listener: Listener
     public var port: UInt16 { listener.port }
@@ -30,7 +30,10 @@ public final class LocalService: @unchecked Sendable {   // mutable state only i
                 s.open.insert(fd)
                 return true
             }
-            if !keep { Glibc.close(fd); return }
+            if !keep {
+                Glibc.close(fd)
+                return
+            }
             let conn = Conn(fd: fd)
             spawnThread { [self] in
                 handler(conn)
@@ -56,7 +59,9 @@ public final class LocalService: @unchecked Sendable {   // mutable state only i
             while true {
                 switch conn.readSome(max: 1 << 18, timeout: 60) {
                 case .data(let d): if (try? conn.send(d)) == nil { return }
-                case .eof: conn.shutdownWrite(); return
+                case .eof:
+                    conn.shutdownWrite()
+                    return
                 case .timeout, .error: return
                 }
             }
@@ -127,7 +132,7 @@ public final class Recorder: Sendable {
 }
 
 /// An echo service on one thread with poll(2): thousands of connections without a thread each.
-public final class PollingEcho: @unchecked Sendable {   // `stopped` is locked; the thread owns the rest
+public final class PollingEcho: @unchecked Sendable {  // `stopped` is locked; the thread owns the rest
     public let listener: Listener
     public var port: UInt16 { listener.port }
     private let stopped = Locked(false)

@@ -81,11 +81,11 @@ public enum ProcFS {
     private static func parseTable(_ b: UnsafeBufferPointer<UInt8>, ipv6: Bool, into out: inout [TCPSocketEntry]) {
         var i = 0
         let n = b.count
-        while i < n && b[i] != 10 { i += 1 }   // the header line
+        while i < n && b[i] != 10 { i += 1 }  // the header line
         while i < n {
             i += 1
             while i < n && b[i] == 32 { i += 1 }
-            var field = 1   // sl (right-aligned in 4 columns, so the leading spaces vary)
+            var field = 1  // sl (right-aligned in 4 columns, so the leading spaces vary)
             var lp: UInt64 = 0, rp: UInt64 = 0, st: UInt64 = 0, inode: UInt64 = 0
             var afterColon = false
             while i < n && b[i] != 10 {
@@ -97,8 +97,10 @@ public enum ProcFS {
                     continue
                 }
                 switch field {
-                case 2, 3:   // local and remote address: the port is the hex after the colon
-                    if c == 58 { afterColon = true } else if afterColon {
+                case 2, 3:  // local and remote address: the port is the hex after the colon
+                    if c == 58 {
+                        afterColon = true
+                    } else if afterColon {
                         if field == 2 { lp = lp << 4 | hexValue(c) } else { rp = rp << 4 | hexValue(c) }
                     }
                 case 4: st = st << 4 | hexValue(c)
@@ -108,8 +110,10 @@ public enum ProcFS {
                 i += 1
             }
             if field >= 10 && inode != 0 {
-                out.append(TCPSocketEntry(inode: inode, localPort: UInt16(truncatingIfNeeded: lp), remotePort: UInt16(truncatingIfNeeded: rp),
-                                          ipv6: ipv6, state: UInt8(truncatingIfNeeded: st)))
+                out.append(
+                    TCPSocketEntry(
+                        inode: inode, localPort: UInt16(truncatingIfNeeded: lp), remotePort: UInt16(truncatingIfNeeded: rp),
+                        ipv6: ipv6, state: UInt8(truncatingIfNeeded: st)))
             }
         }
     }

@@ -31,7 +31,7 @@ public enum Paths {
 }
 
 /// One rathole process (server or client); each start writes a new log file (stderr and stdout).
-public final class RatholeProcess: @unchecked Sendable {   // driven by one test thread
+public final class RatholeProcess: @unchecked Sendable {  // driven by one test thread
     public let name: String
     public let configPath: String
     public let dir: String
@@ -125,7 +125,7 @@ public final class RatholeProcess: @unchecked Sendable {   // driven by one test
 
 /// A program other than rathole (danted, tinyproxy), in its own process group so that its children
 /// are stopped with it.
-public final class ExternalProgram: @unchecked Sendable {   // driven by one test thread
+public final class ExternalProgram: @unchecked Sendable {  // driven by one test thread
     public let name: String
     public let argv: [String]
     public let logPath: String

@@ -47,8 +47,10 @@ public enum RawServer {
     /// Accepts the client's control channel on `listener` for `service` (checking its Hello and
     /// its Auth against `token`), answers Ack Ok and asks for `channels` data channels. Returns the
     /// control connection and the session key the data channels will carry.
-    public static func acceptControlChannel(on listener: Listener, service: String, token: String, channels: Int,
-                                            timeout: Double = 20) throws -> (conn: Conn, sessionKey: [UInt8]) {
+    public static func acceptControlChannel(
+        on listener: Listener, service: String, token: String, channels: Int,
+        timeout: Double = 20
+    ) throws -> (conn: Conn, sessionKey: [UInt8]) {
         guard let c = listener.accept(timeout: timeout) else { throw TestFailure("the client never connected") }
         let hello = try c.readExact(37, timeout: 10)
         guard hello == RawClient.controlHello(service: service) else { throw TestFailure("unexpected client Hello \(hexString(hello))") }
@@ -66,7 +68,9 @@ public enum RawServer {
     public static func acceptDataChannel(on listener: Listener, sessionKey: [UInt8], command: UInt32, timeout: Double = 20) throws -> Conn {
         guard let d = listener.accept(timeout: timeout) else { throw TestFailure("the client opened no data channel") }
         let hello = try d.readExact(37, timeout: 10)
-        guard hello == RawClient.hello(tag: 1, digest: sessionKey) else { throw TestFailure("unexpected data channel Hello \(hexString(hello))") }
+        guard hello == RawClient.hello(tag: 1, digest: sessionKey) else {
+            throw TestFailure("unexpected data channel Hello \(hexString(hello))")
+        }
         try d.send(withUnsafeBytes(of: command.littleEndian) { Array($0) })
         return d
     }

@@ -45,8 +45,9 @@ public func startRelay(_ kind: RelayKind, on ring: RingExecutor, _ a: Int32, _ b
         return RunningRelay(result: promise, stop: { handle.stop() })
     case .copy:
         let task = Task(executorPreference: ring) {
-            let r = await CopyRelay.run(SocketStream(FileDescriptor(adopting: a), ring: ring),
-                                        SocketStream(FileDescriptor(adopting: b), ring: ring), on: ring)
+            let r = await CopyRelay.run(
+                SocketStream(FileDescriptor(adopting: a), ring: ring),
+                SocketStream(FileDescriptor(adopting: b), ring: ring), on: ring)
             promise.fulfill(r)
         }
         return RunningRelay(result: promise, stop: { task.cancel() })
@@ -55,9 +56,11 @@ public func startRelay(_ kind: RelayKind, on ring: RingExecutor, _ a: Int32, _ b
 
 /// Runs `body` with a fresh one-thread ring group, then checks that every fd the test and its
 /// relays opened is closed again and that no pipe is still lent or relay still active.
-public func withRelayRing(_ what: String, timeout: Double = 30,
-                          _ body: @escaping @Sendable (RingGroup, Listener) async throws -> Void,
-                          file: StaticString = #filePath, line: UInt = #line) async throws {
+public func withRelayRing(
+    _ what: String, timeout: Double = 30,
+    _ body: @escaping @Sendable (RingGroup, Listener) async throws -> Void,
+    file: StaticString = #filePath, line: UInt = #line
+) async throws {
     signal(SIGPIPE, SIG_IGN)
     let group = try RingGroup(threads: 1)
     defer { shutdownOrFail(group, file: file, line: line) }

@@ -36,17 +36,22 @@ public struct FDTable: Sendable {
 
 /// Checks that the fds are back to `baseline`, exactly, except for the pipes the rings keep pooled
 /// (2 fds each, as their counters report; the baseline was taken when the pools were empty).
-public func assertFDsRestored(_ baseline: FDTable, pooledPipes: UInt64 = 0, _ what: String,
-                              file: StaticString = #filePath, line: UInt = #line) {
+public func assertFDsRestored(
+    _ baseline: FDTable, pooledPipes: UInt64 = 0, _ what: String,
+    file: StaticString = #filePath, line: UInt = #line
+) {
     let (opened, closed) = FDTable.current().diff(from: baseline)
     let nonPipes = opened.filter { !$0.value.hasPrefix("pipe:") }
     let pipeFDs = opened.count - nonPipes.count
-    XCTAssertTrue(nonPipes.isEmpty, "\(what): fds left open: \(nonPipes.sorted { $0.key < $1.key }.prefix(20))",
-                  file: file, line: line)
-    XCTAssertEqual(UInt64(pipeFDs), 2 * pooledPipes,
-                   "\(what): open pipe fds should be exactly the \(pooledPipes) pooled pipes", file: file, line: line)
-    XCTAssertTrue(closed.isEmpty, "\(what): fds closed that the test did not own: \(closed.prefix(20))",
-                  file: file, line: line)
+    XCTAssertTrue(
+        nonPipes.isEmpty, "\(what): fds left open: \(nonPipes.sorted { $0.key < $1.key }.prefix(20))",
+        file: file, line: line)
+    XCTAssertEqual(
+        UInt64(pipeFDs), 2 * pooledPipes,
+        "\(what): open pipe fds should be exactly the \(pooledPipes) pooled pipes", file: file, line: line)
+    XCTAssertTrue(
+        closed.isEmpty, "\(what): fds closed that the test did not own: \(closed.prefix(20))",
+        file: file, line: line)
 }
 
 /// Shuts `group` down from another thread and fails the test, instead of hanging the whole suite,
@@ -90,7 +95,7 @@ public final class RingThreadCheck: Sendable {
 
 /// A ring group and a loopback listener for one test, with connected pairs made on demand; `close()`
 /// closes every fd it made and shuts the group down (failing the test if that hangs).
-public final class RingFixture: @unchecked Sendable {   // used from the test's own task only
+public final class RingFixture: @unchecked Sendable {  // used from the test's own task only
     public let group: RingGroup
     public let listener: Listener
     private var owned: [Int32] = []

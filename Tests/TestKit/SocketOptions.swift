@@ -30,7 +30,7 @@ extension RatholeProcess {
         guard pidfd >= 0 else { throw TestFailure("pidfd_open(\(pid)): \(errnoText())") }
         defer { close(pidfd) }
         let mine = spawnGuard.shared { () -> Int32 in
-            let dup = pidfd_getfd(pidfd, fd, 0)   // close-on-exec, per the man page
+            let dup = pidfd_getfd(pidfd, fd, 0)  // close-on-exec, per the man page
             return dup
         }
         guard mine >= 0 else {
@@ -45,7 +45,8 @@ extension RatholeProcess {
             return v
         }
         let tcp = Int32(IPPROTO_TCP)
-        return TCPSocketOptions(noDelay: try option(tcp, TCP_NODELAY) != 0, keepAlive: try option(SOL_SOCKET, SO_KEEPALIVE) != 0,
-                                keepIdle: try option(tcp, TCP_KEEPIDLE), keepInterval: try option(tcp, TCP_KEEPINTVL))
+        return TCPSocketOptions(
+            noDelay: try option(tcp, TCP_NODELAY) != 0, keepAlive: try option(SOL_SOCKET, SO_KEEPALIVE) != 0,
+            keepIdle: try option(tcp, TCP_KEEPIDLE), keepInterval: try option(tcp, TCP_KEEPINTVL))
     }
 }

@@ -6,7 +6,7 @@ import Glibc
 
 /// Children are spawned under the exclusive side; fds without close-on-exec are made under the
 /// shared side.
-public final class SpawnGuard: @unchecked Sendable {   // a pthread rwlock, safe from any thread
+public final class SpawnGuard: @unchecked Sendable {  // a pthread rwlock, safe from any thread
     private var lock = pthread_rwlock_t()
     init() { pthread_rwlock_init(&lock, nil) }
     public func shared<R>(_ body: () -> R) -> R {
@@ -148,7 +148,7 @@ public enum Programs {
         let (status, out) = try run([Paths.binary, "--genkey"])
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         guard status == 0, lines.count >= 5, lines[0] == "Private Key:", lines[3] == "Public Key:",
-              lines[1].count == 44, lines[4].count == 44
+            lines[1].count == 44, lines[4].count == 44
         else { throw TestFailure("rathole --genkey printed an unexpected text (status \(status)):\n\(out)") }
         return (lines[1], lines[4])
     }

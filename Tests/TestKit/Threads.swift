@@ -5,7 +5,7 @@ import Glibc
 import Synchronization
 
 /// A value several threads read and write.
-public final class Locked<T>: @unchecked Sendable {   // every access goes through the lock
+public final class Locked<T>: @unchecked Sendable {  // every access goes through the lock
     private let lock = NSLock()
     private var value: T
     public init(_ value: T) { self.value = value }
@@ -32,10 +32,12 @@ public func spawnThread(_ body: @escaping @Sendable () -> Void) {
     pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
     pthread_attr_setstacksize(&attr, 1 << 20)
     var tid = pthread_t()
-    let rc = pthread_create(&tid, &attr, { raw in
-        Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().body()
-        return nil
-    }, Unmanaged.passRetained(ThreadBody(body)).toOpaque())
+    let rc = pthread_create(
+        &tid, &attr,
+        { raw in
+            Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(ThreadBody(body)).toOpaque())
     pthread_attr_destroy(&attr)
     precondition(rc == 0, "pthread_create failed: \(rc)")
 }
@@ -54,7 +56,7 @@ public func runConcurrently(_ count: Int, timeout: Double, _ body: @escaping @Se
 
 /// A gate on pthread primitives that opens after `count` calls to `open()`, for bounded waits
 /// from synchronous code (`defer`, plain threads).
-public final class Latch: @unchecked Sendable {   // state only under `mutex`
+public final class Latch: @unchecked Sendable {  // state only under `mutex`
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
     private var remaining: Int

@@ -75,15 +75,18 @@ public func echoTransfer(port: UInt16, data: [UInt8], timeout: Double = 120) thr
     _ = sent.wait(seconds: 30)
     if let e = sendError.get { throw TestFailure(e) }
     if Digest.sha256(back) != Digest.sha256(data) {
-        throw TestFailure("echo of \(data.count) bytes differs from what was sent, first at offset \(firstMismatch(back, prefixOf: data) ?? -1)")
+        throw TestFailure(
+            "echo of \(data.count) bytes differs from what was sent, first at offset \(firstMismatch(back, prefixOf: data) ?? -1)")
     }
 }
 
 /// `count` connections at once through `port` to an echo service, each with its own bytes
 /// (`bytesEach + i * 31`), written and read back in turns of `chunk` bytes, then half-closing and
 /// waiting for the EOF (or with `resetting`, closing with a reset); returns the failures.
-public func concurrentEchoes(port: UInt16, count: Int, bytesEach: Int = 48 << 10, chunk: Int = 16384,
-                             resetting: Bool = false, timeout: Double = 90) -> [String] {
+public func concurrentEchoes(
+    port: UInt16, count: Int, bytesEach: Int = 48 << 10, chunk: Int = 16384,
+    resetting: Bool = false, timeout: Double = 90
+) -> [String] {
     let failures = Locked<[String]>([])
     let finished = runConcurrently(count, timeout: timeout) { i in
         do {

@@ -59,13 +59,15 @@ public enum Transports {
             return TransportTables(server: noise("server", pattern: xx), client: noise("client", pattern: xx))
         case .noiseNKAESGCM:
             let s = try Programs.genkey()
-            return TransportTables(server: noise("server", pattern: nkAESGCM, privateKey: s.privateKey),
-                                   client: noise("client", pattern: nkAESGCM, remotePublic: s.publicKey))
+            return TransportTables(
+                server: noise("server", pattern: nkAESGCM, privateKey: s.privateKey),
+                client: noise("client", pattern: nkAESGCM, remotePublic: s.publicKey))
         case .noiseKK:
             let s = try Programs.genkey()
             let c = try Programs.genkey()
-            return TransportTables(server: noise("server", pattern: kk, privateKey: s.privateKey, remotePublic: c.publicKey),
-                                   client: noise("client", pattern: kk, privateKey: c.privateKey, remotePublic: s.publicKey))
+            return TransportTables(
+                server: noise("server", pattern: kk, privateKey: s.privateKey, remotePublic: c.publicKey),
+                client: noise("client", pattern: kk, privateKey: c.privateKey, remotePublic: s.publicKey))
         case .tls:
             let d = try certs(in: dir)
             return TransportTables(server: tlsServer(certDir: d), client: tlsClient(trustedRoot: d + "/ca.pem"))

@@ -24,9 +24,11 @@ public struct ServiceSpec: Sendable {
     public var clientKeys: [String]
     public var sides: Sides
 
-    public init(_ name: String, type: String = "tcp", port: UInt16, localPort: UInt16, bindHost: String = "127.0.0.1",
-                localHost: String = "127.0.0.1", token: String? = nil, serverKeys: [String] = [], clientKeys: [String] = [],
-                sides: Sides = .both) {
+    public init(
+        _ name: String, type: String = "tcp", port: UInt16, localPort: UInt16, bindHost: String = "127.0.0.1",
+        localHost: String = "127.0.0.1", token: String? = nil, serverKeys: [String] = [], clientKeys: [String] = [],
+        sides: Sides = .both
+    ) {
         self.name = name
         self.type = type
         self.port = port

@@ -3,7 +3,7 @@
 import Glibc
 
 /// A UDP socket bound to 127.0.0.1 or [::1] (kernel-chosen port unless given).
-public final class UDPSocket: @unchecked Sendable {   // the fd is used by one thread at a time; `closed` is locked
+public final class UDPSocket: @unchecked Sendable {  // the fd is used by one thread at a time; `closed` is locked
     public let fd: Int32
     public let ipv6: Bool
     public let port: UInt16
@@ -50,7 +50,10 @@ public final class UDPSocket: @unchecked Sendable {   // the fd is used by one t
         while true {
             let rc = poll(&p, 1, Int32(max(0, deadline - monoNow()) * 1000))
             if rc == 0 { return nil }
-            if rc < 0 { if errno == EINTR { continue }; return nil }
+            if rc < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
             var buf = [UInt8](repeating: 0, count: 65536)
             var from = sockaddr_in6()
             var len = socklen_t(MemoryLayout<sockaddr_in6>.size)

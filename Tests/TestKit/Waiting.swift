@@ -66,8 +66,10 @@ private final class FirstResult<T: Sendable>: Sendable {
 }
 
 /// Runs `op` and gives up waiting after `seconds` (throwing `DeadlineExceeded`).
-public func withDeadline<T: Sendable>(_ seconds: Double, _ what: String,
-                                      _ op: @escaping @Sendable () async throws -> T) async throws -> T {
+public func withDeadline<T: Sendable>(
+    _ seconds: Double, _ what: String,
+    _ op: @escaping @Sendable () async throws -> T
+) async throws -> T {
     let work = Task { try await op() }
     var timer: Task<Void, Never>?
     defer { timer?.cancel() }

@@ -1,7 +1,7 @@
 // Reading a config file and choosing the mode.
 
-import Glibc
 import DataPlane
+import Glibc
 import TOMLKit
 
 extension Config {

@@ -1,15 +1,17 @@
 // The TOML tables of a config, read key by key with upstream rathole's keys and defaults.
 
-import Glibc
 import DataPlane
+import Glibc
 import TOMLKit
 
 /// Formats a key path the way TOML would write it: bare keys where possible, quoted otherwise.
 func formatKeyPath(_ components: [String]) -> String {
     components.map { c -> String in
-        let bare = !c.isEmpty && c.utf8.allSatisfy { b in
-            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
-        }
+        let bare =
+            !c.isEmpty
+            && c.utf8.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
+            }
         return bare ? c : tomlBasicString(c)
     }.joined(separator: ".")
 }
@@ -201,7 +203,9 @@ extension ClientConfig {
     }
 }
 
-func parseTransport(_ tr: TableReader?, isServer: Bool) throws(ConfigError)
+func parseTransport(
+    _ tr: TableReader?, isServer: Bool
+) throws(ConfigError)
     -> TransportConfig
 {
     guard let r = tr else { return TransportConfig() }

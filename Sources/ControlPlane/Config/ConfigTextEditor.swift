@@ -10,8 +10,10 @@
 enum ConfigTextEditor {
     /// `text` with the table of service `name` under `section` replaced by `fields`, or removed
     /// when `fields` is nil; nil when the text is laid out beyond what this editor handles.
-    static func replacingService(_ name: String, in section: Mode, with fields: [ServiceDefinition.Field]?,
-                                 text: String) -> String? {
+    static func replacingService(
+        _ name: String, in section: Mode, with fields: [ServiceDefinition.Field]?,
+        text: String
+    ) -> String? {
         var lines = splitLines(text)
         let path = [section.rawValue, "services", name]
         let headers = lines.indices.compactMap { i in headerPath(lines[i]).map { (index: i, path: $0) } }
@@ -33,8 +35,10 @@ enum ConfigTextEditor {
     // MARK: Editing
 
     /// A new table after the last table of its section (or at the end), after a blank line.
-    private static func adding(_ path: [String], _ fields: [ServiceDefinition.Field], to lines: inout [String],
-                               headers: [(index: Int, path: [String])], section: String) -> String {
+    private static func adding(
+        _ path: [String], _ fields: [ServiceDefinition.Field], to lines: inout [String],
+        headers: [(index: Int, path: [String])], section: String
+    ) -> String {
         var at = lines.count
         if let last = headers.lastIndex(where: { $0.path.first == section }), last + 1 < headers.count {
             at = headers[last + 1].index
@@ -237,8 +241,9 @@ private struct Scanner {
             case UInt8(ascii: "u"), UInt8(ascii: "U"):
                 let count = e == UInt8(ascii: "u") ? 4 : 8
                 guard position + count <= bytes.count,
-                      let value = UInt32(String(decoding: bytes[position..<(position + count)], as: UTF8.self), radix: 16),
-                      let scalar = Unicode.Scalar(value) else { return nil }
+                    let value = UInt32(String(decoding: bytes[position..<(position + count)], as: UTF8.self), radix: 16),
+                    let scalar = Unicode.Scalar(value)
+                else { return nil }
                 position += count
                 out.append(contentsOf: String(Character(scalar)).utf8)
             default:

@@ -71,8 +71,9 @@ extension ServerConfig {
     /// The service `definition` describes, with this server's defaults, checked as the config file
     /// would be; an error names the key (`server.services.NAME.bind_addr`).
     public func service(from definition: ServiceDefinition, file: String) throws(ConfigError) -> ServerServiceConfig {
-        try parseService(definition.name, definition.reader(section: .server, file: file),
-                         defaultTokenKey: formatKeyPath(["server", "default_token"]))
+        try parseService(
+            definition.name, definition.reader(section: .server, file: file),
+            defaultTokenKey: formatKeyPath(["server", "default_token"]))
     }
 }
 
@@ -80,8 +81,9 @@ extension ClientConfig {
     /// The service `definition` describes, with this client's defaults, checked as the config file
     /// would be; an error names the key (`client.services.NAME.local_addr`).
     public func service(from definition: ServiceDefinition, file: String) throws(ConfigError) -> ClientServiceConfig {
-        try parseService(definition.name, definition.reader(section: .client, file: file),
-                         defaultTokenKey: formatKeyPath(["client", "default_token"]))
+        try parseService(
+            definition.name, definition.reader(section: .client, file: file),
+            defaultTokenKey: formatKeyPath(["client", "default_token"]))
     }
 }
 

@@ -88,7 +88,7 @@ enum TOMLPrecheck {
         /// Up to the end of the line (the newline itself is left to the caller).
         mutating func skipComment() {
             while i < b.count, b[i] != 0x0A {
-                if b[i] < 0x20 && b[i] != 0x09 && b[i] != 0x0D || b[i] == 0x7F { return }   // reported by run()
+                if b[i] < 0x20 && b[i] != 0x09 && b[i] != 0x0D || b[i] == 0x7F { return }  // reported by run()
                 i += 1
             }
         }
@@ -102,10 +102,13 @@ enum TOMLPrecheck {
                 i += 3
                 while i < b.count {
                     let c = b[i]
-                    if (c < 0x20 && c != 0x09 && c != 0x0A && c != 0x0D) || c == 0x7F { return nil }   // reported by run()
+                    if (c < 0x20 && c != 0x09 && c != 0x0A && c != 0x0D) || c == 0x7F { return nil }  // reported by run()
                     if c == 0x0A { newline() }
                     if basic && c == UInt8(ascii: "\\") {
-                        if i + 1 < b.count, b[i + 1] == 0x0A { i += 1; newline() }
+                        if i + 1 < b.count, b[i + 1] == 0x0A {
+                            i += 1
+                            newline()
+                        }
                         i += 2
                         continue
                     }
@@ -140,13 +143,16 @@ enum TOMLPrecheck {
             i += 1
             if i < b.count, b[i] == UInt8(ascii: "[") { i += 1 }
             while i < b.count, b[i] == 0x20 || b[i] == 0x09 { i += 1 }
-            if i < b.count, b[i] >= 0x20 || b[i] == 0x0A || b[i] == 0x0D, b[i] != 0x7F {   // control characters: run() reports them
+            if i < b.count, b[i] >= 0x20 || b[i] == 0x0A || b[i] == 0x0D, b[i] != 0x7F {  // control characters: run() reports them
                 let c = b[i]
-                let keyStart = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+                let keyStart =
+                    (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
                     || c == UInt8(ascii: "_") || c == UInt8(ascii: "-") || c == UInt8(ascii: "\"") || c == UInt8(ascii: "'")
                     || c == UInt8(ascii: "]")
                 if !keyStart {
-                    let shown = c >= 0x21 && c < 0x7F ? "'\(Character(Unicode.Scalar(c)))'" : c < 0x80 ? "the end of the line" : "a non-ASCII character"
+                    let shown =
+                        c >= 0x21 && c < 0x7F
+                        ? "'\(Character(Unicode.Scalar(c)))'" : c < 0x80 ? "the end of the line" : "a non-ASCII character"
                     return fail(i, "expected a table name after '[', found \(shown)")
                 }
             }
@@ -160,7 +166,7 @@ enum TOMLPrecheck {
                     return nil
                 default:
                     let c = b[i]
-                    if (c < 0x20 && c != 0x09 && c != 0x0D) || c == 0x7F { return nil }   // reported by run()
+                    if (c < 0x20 && c != 0x09 && c != 0x0D) || c == 0x7F { return nil }  // reported by run()
                     i += 1
                 }
             }

@@ -11,8 +11,9 @@ extension Digest {
     public static func sha256(_ raw: UnsafeRawBufferPointer) -> Digest {
         var s: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         Swift.withUnsafeMutableBytes(of: &s) { out in
-            _ = crypto_hash_sha256(out.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                   raw.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(raw.count))
+            _ = crypto_hash_sha256(
+                out.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                raw.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(raw.count))
         }
         return Digest(storage: s)
     }

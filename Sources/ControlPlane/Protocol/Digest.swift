@@ -68,7 +68,8 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible {
 
     /// Equality in constant time (no early exit), since digests are compared against secrets.
     public static func == (a: Digest, b: Digest) -> Bool {
-        let d = (a.storage.0 ^ b.storage.0) | (a.storage.1 ^ b.storage.1)
+        let d =
+            (a.storage.0 ^ b.storage.0) | (a.storage.1 ^ b.storage.1)
             | (a.storage.2 ^ b.storage.2) | (a.storage.3 ^ b.storage.3)
         return d == 0
     }

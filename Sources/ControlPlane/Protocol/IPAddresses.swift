@@ -23,8 +23,10 @@ public struct IPv4Address: Hashable, Sendable, CustomStringConvertible {
 
     /// The four bytes in network order.
     public var octets: (UInt8, UInt8, UInt8, UInt8) {
-        (UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16),
-         UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value))
+        (
+            UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16),
+            UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)
+        )
     }
 
     /// The numeric value as stored in `in_addr.s_addr` (network byte order).
@@ -111,7 +113,10 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
             if g[i] == 0 {
                 var j = i
                 while j < 8 && g[j] == 0 { j += 1 }
-                if j - i > bestLen { bestStart = i; bestLen = j - i }
+                if j - i > bestLen {
+                    bestStart = i
+                    bestLen = j - i
+                }
                 i = j
             } else {
                 i += 1
@@ -155,15 +160,15 @@ public enum PeerAddress: Hashable, Sendable, CustomStringConvertible {
         let b = Array(text.utf8)
         if b.first == UInt8(ascii: "[") {
             guard let close = b.firstIndex(of: UInt8(ascii: "]")),
-                  close + 1 < b.count, b[close + 1] == UInt8(ascii: ":"),
-                  let g = IPv6Address.parseGroups(Array(b[1..<close])),
-                  let port = PeerAddress.parsePort(b[(close + 2)...])
+                close + 1 < b.count, b[close + 1] == UInt8(ascii: ":"),
+                let g = IPv6Address.parseGroups(Array(b[1..<close])),
+                let port = PeerAddress.parsePort(b[(close + 2)...])
             else { return nil }
             self = .v6(IPv6Address(groups: g), port: port)
         } else {
             guard let colon = b.lastIndex(of: UInt8(ascii: ":")),
-                  let v = IPv4Address.parseNumeric(b[..<colon]),
-                  let port = PeerAddress.parsePort(b[(colon + 1)...])
+                let v = IPv4Address.parseNumeric(b[..<colon]),
+                let port = PeerAddress.parsePort(b[(colon + 1)...])
             else { return nil }
             self = .v4(IPv4Address(value: v), port: port)
         }
@@ -261,8 +266,8 @@ extension IPv6Address {
             let head = b[..<gap]
             let tail = b[(gap + 2)...]
             guard let h = head.isEmpty ? [] : parseGroupList(head, allowV4: false),
-                  let t = tail.isEmpty ? [] : parseGroupList(tail, allowV4: true),
-                  h.count + t.count <= 7
+                let t = tail.isEmpty ? [] : parseGroupList(tail, allowV4: true),
+                h.count + t.count <= 7
             else { return nil }
             return h + [UInt16](repeating: 0, count: 8 - h.count - t.count) + t
         }

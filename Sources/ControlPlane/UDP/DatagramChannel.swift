@@ -90,7 +90,7 @@ final class DatagramChannel: Sendable {
 
     /// Writes queued bytes until the channel fails or is closed.
     private func runWriter() async {
-        var sending = ByteBuffer()   // swapped with `queued`: each fills while the other is written
+        var sending = ByteBuffer()  // swapped with `queued`: each fills while the other is written
         while state.value.alive {
             if state.value.queued.isEmpty {
                 do { _ = try await wake.wait(timeout: nil) } catch { break }

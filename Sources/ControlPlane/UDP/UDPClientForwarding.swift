@@ -16,21 +16,25 @@ extension Client {
         }
         let channel = DatagramChannel(stream: stream, ring: ring)
         let visitors = UDPVisitorTable(ring: ring, channel: channel, local: local, counters: counters) { [logger] in
-            logger.warning("service \(service.name): too many UDP visitors at once (\(UDPVisitorTable.maxVisitors) per channel, \(UDPVisitorTable.maxOpenSockets) in all); datagrams from new visitors are dropped until others go quiet for 60 s")
+            logger.warning(
+                "service \(service.name): too many UDP visitors at once (\(UDPVisitorTable.maxVisitors) per channel, \(UDPVisitorTable.maxOpenSockets) in all); datagrams from new visitors are dropped until others go quiet for 60 s"
+            )
         }
         var (forwarded, bytes, dropped) = (0, 0, 0)
-        let end = await channel.run({ header, payload in
-            if visitors.forward(payload, from: header.from) {
-                forwarded += 1
-                bytes += payload.count
-            } else {
-                dropped += 1
-            }
-        }, endOfBatch: {
-            visitors.flush()
-            counters.datagrams(inbound: forwarded, bytesIn: bytes, dropped: dropped)
-            (forwarded, bytes, dropped) = (0, 0, 0)
-        })
+        let end = await channel.run(
+            { header, payload in
+                if visitors.forward(payload, from: header.from) {
+                    forwarded += 1
+                    bytes += payload.count
+                } else {
+                    dropped += 1
+                }
+            },
+            endOfBatch: {
+                visitors.flush()
+                counters.datagrams(inbound: forwarded, bytesIn: bytes, dropped: dropped)
+                (forwarded, bytes, dropped) = (0, 0, 0)
+            })
         await visitors.closeAll()
         DatagramChannel.logEnd(end, service: service.name, logger: logger)
     }
@@ -95,8 +99,10 @@ final class UDPVisitorTable: Sendable {
     /// whole process.
     private let reportLimit: @Sendable () -> Void
 
-    init(ring: RingExecutor, channel: DatagramChannel, local: SocketAddress, counters: ServiceCounters,
-         reportLimit: @escaping @Sendable () -> Void) {
+    init(
+        ring: RingExecutor, channel: DatagramChannel, local: SocketAddress, counters: ServiceCounters,
+        reportLimit: @escaping @Sendable () -> Void
+    ) {
         self.ring = ring
         self.channel = channel
         self.local = local

@@ -51,7 +51,9 @@ final class UDPServerForwarder: Sendable {
             do {
                 bound = try UDPSocket.bind(bind)
             } catch {
-                logger.error("service \(service.name): cannot bind udp \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s")
+                logger.error(
+                    "service \(service.name): cannot bind udp \(bind) (server.services.\(service.name).bind_addr): \(error); retrying in 5s"
+                )
                 if !attempted { onFirstBind() }
                 attempted = true
                 do { try await ring.sleep(for: .seconds(5)) } catch { return }
@@ -132,17 +134,19 @@ final class UDPServerForwarder: Sendable {
         state.value.channels.append(channel)
         let replies = SendBatch(capacity: 64)
         var (count, bytes) = (0, 0)
-        let end = await channel.run({ header, payload in
-            guard let socket = self.state.value.socket else { return }
-            if replies.isFull { replies.flush(on: socket) }
-            replies.add(payload, to: header.from.socketAddress)
-            count += 1
-            bytes += payload.count
-        }, endOfBatch: {
-            if let socket = self.state.value.socket { replies.flush(on: socket) }
-            self.counters.datagrams(outbound: count, bytesOut: bytes)
-            (count, bytes) = (0, 0)
-        })
+        let end = await channel.run(
+            { header, payload in
+                guard let socket = self.state.value.socket else { return }
+                if replies.isFull { replies.flush(on: socket) }
+                replies.add(payload, to: header.from.socketAddress)
+                count += 1
+                bytes += payload.count
+            },
+            endOfBatch: {
+                if let socket = self.state.value.socket { replies.flush(on: socket) }
+                self.counters.datagrams(outbound: count, bytesOut: bytes)
+                (count, bytes) = (0, 0)
+            })
         state.value.channels.removeAll { $0 === channel }
         sweep(.now)
         DatagramChannel.logEnd(end, service: service.name, logger: logger)

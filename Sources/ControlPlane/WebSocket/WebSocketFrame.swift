@@ -127,8 +127,10 @@ public enum WebSocketFrame {
     /// byte `phase` of the key; returns the phase after them. `to` may equal `from`, or lie before
     /// it in the same buffer.
     @discardableResult
-    public static func applyMask(_ mask: UInt32, phase: Int, from src: UnsafeRawPointer?, to dst: UnsafeMutableRawPointer,
-                                 count: Int) -> Int {
+    public static func applyMask(
+        _ mask: UInt32, phase: Int, from src: UnsafeRawPointer?, to dst: UnsafeMutableRawPointer,
+        count: Int
+    ) -> Int {
         guard count > 0, let src else { return phase }
         // Little-endian: byte i of `key` is the key byte for position i (mod 8) of this run.
         let shift = UInt32(8 * phase)

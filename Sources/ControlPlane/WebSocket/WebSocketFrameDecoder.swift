@@ -26,8 +26,10 @@ public struct WebSocketFrameDecoder: Sendable {
     /// buffer and the number of input bytes consumed; the bytes after `consumed` are an incomplete
     /// header or control frame. Control frames are appended to `controls`; after a close frame
     /// the rest of the input is consumed and ignored.
-    public mutating func decode(_ buffer: UnsafeMutableRawBufferPointer, count: Int,
-                                controls: inout [WebSocketControlFrame]) throws(WebSocketFrameError) -> (payload: Int, consumed: Int) {
+    public mutating func decode(
+        _ buffer: UnsafeMutableRawBufferPointer, count: Int,
+        controls: inout [WebSocketControlFrame]
+    ) throws(WebSocketFrameError) -> (payload: Int, consumed: Int) {
         guard count > 0, let base = buffer.baseAddress else { return (0, 0) }
         var read = 0
         var written = 0
@@ -38,7 +40,7 @@ public struct WebSocketFrameDecoder: Sendable {
                 if peerMasks {
                     maskPhase = WebSocketFrame.applyMask(mask, phase: maskPhase, from: base + read, to: base + written, count: n)
                 } else if written != read {
-                    (base + written).copyMemory(from: base + read, byteCount: n)   // memmove: regions may overlap
+                    (base + written).copyMemory(from: base + read, byteCount: n)  // memmove: regions may overlap
                 }
                 read += n
                 written += n
@@ -52,8 +54,10 @@ public struct WebSocketFrameDecoder: Sendable {
     }
 
     /// Reads one frame header (or a whole control frame); nil when more bytes are needed.
-    private mutating func header(_ p: UnsafeMutableRawPointer, available: Int,
-                                 controls: inout [WebSocketControlFrame]) throws(WebSocketFrameError) -> Int? {
+    private mutating func header(
+        _ p: UnsafeMutableRawPointer, available: Int,
+        controls: inout [WebSocketControlFrame]
+    ) throws(WebSocketFrameError) -> Int? {
         let b0 = p.load(as: UInt8.self)
         if b0 & 0x70 != 0 { throw .reservedBitsSet }
         let fin = b0 & 0x80 != 0

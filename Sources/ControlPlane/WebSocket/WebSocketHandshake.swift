@@ -38,8 +38,9 @@ public enum WebSocketHandshake {
     /// The client's upgrade request, as upstream sends it: `GET /`, then exactly these headers in
     /// this order.
     public static func request(host: String, key: String) -> [UInt8] {
-        Array(("GET / HTTP/1.1\r\nHost: \(host)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: \(key)\r\n\r\n").utf8)
+        Array(
+            ("GET / HTTP/1.1\r\nHost: \(host)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: \(key)\r\n\r\n").utf8)
     }
 
     /// The `Host` header upstream sends for `remote_addr`: the authority of the URL
@@ -100,8 +101,9 @@ public enum WebSocketHandshake {
 
     /// The server's answer, as upstream sends it (header names in lower case).
     public static func response(key: String) -> [UInt8] {
-        Array(("HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
-            + "sec-websocket-accept: \(acceptValue(key: key))\r\n\r\n").utf8)
+        Array(
+            ("HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+                + "sec-websocket-accept: \(acceptValue(key: key))\r\n\r\n").utf8)
     }
 
     /// What the server sends before closing a connection whose request was HTTP but not an
@@ -132,8 +134,10 @@ public enum WebSocketHandshake {
         let expected = Array(prefix.utf8)
         for (i, b) in zip(bytes.indices, expected) where bytes[i] != b { throw .notHTTP }
         if bytes.count >= 4 {
-            for i in 3..<min(bytes.count, maxHeadSize) where bytes[i] == 0x0A && bytes[i - 1] == 0x0D
-                && bytes[i - 2] == 0x0A && bytes[i - 3] == 0x0D {
+            for i in 3..<min(bytes.count, maxHeadSize)
+            where bytes[i] == 0x0A && bytes[i - 1] == 0x0D
+                && bytes[i - 2] == 0x0A && bytes[i - 3] == 0x0D
+            {
                 return i + 1
             }
         }

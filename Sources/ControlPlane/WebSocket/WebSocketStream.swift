@@ -108,7 +108,7 @@ final class WebSocketStream: MessageFramedStream {
                 } else {
                     st.decoded.commit(payload)
                     if payload > 0 { return copyDecoded(into: buffer) }
-                    st.decoded.consume(0)   // releases the unused space
+                    st.decoded.consume(0)  // releases the unused space
                 }
             }
         }
@@ -159,7 +159,6 @@ final class WebSocketStream: MessageFramedStream {
     }
 
     func close() { inner.close() }
-
 
     func closeWhenPeerDone(grace: Duration) async { await inner.closeWhenPeerDone(grace: grace) }
 

@@ -12,13 +12,15 @@ struct WebSocketTransport: Transport {
     static let handshakeTimeout: Duration = .seconds(10)
 
     static func server(_ config: TransportConfig) throws(StartError) -> WebSocketTransport {
-        let underlying: any Transport = config.websocket?.tls == true
+        let underlying: any Transport =
+            config.websocket?.tls == true
             ? try TLSTransport.server(config) : TCPTransport(options: config.tcp)
         return WebSocketTransport(underlying: underlying, host: nil)
     }
 
     static func client(_ config: TransportConfig, remote: HostPort, tcp: TCPTransport) throws(StartError) -> WebSocketTransport {
-        let underlying: any Transport = config.websocket?.tls == true
+        let underlying: any Transport =
+            config.websocket?.tls == true
             ? try TLSTransport.client(config, hostname: config.tls?.hostname ?? remote.hostString, tcp: tcp) : tcp
         return WebSocketTransport(underlying: underlying, host: WebSocketHandshake.hostHeader(for: remote))
     }
@@ -65,8 +67,10 @@ struct WebSocketTransport: Transport {
     // MARK: Handshake I/O
 
     /// Reads until a whole HTTP head has arrived; returns it and the bytes that came after it.
-    private static func readHead(from stream: ByteStream, startsWith prefix: String,
-                                 deadline: ContinuousClock.Instant?) async throws(WebSocketUpgradeFailure) -> ([UInt8], ArraySlice<UInt8>) {
+    private static func readHead(
+        from stream: ByteStream, startsWith prefix: String,
+        deadline: ContinuousClock.Instant?
+    ) async throws(WebSocketUpgradeFailure) -> ([UInt8], ArraySlice<UInt8>) {
         var received: [UInt8] = []
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 8)
         defer { chunk.deallocate() }

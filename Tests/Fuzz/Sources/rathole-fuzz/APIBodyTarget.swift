@@ -120,8 +120,9 @@ enum APIBodyChecks {
     static func pathSegment(_ bytes: [UInt8]) {
         let segment = Substring(String(decoding: bytes, as: UTF8.self))
         let decoded = ServiceJSON.percentDecoded(segment)
-        require(decoded == independentlyDecoded(Array(segment.utf8)),
-                "\(segment.debugDescription) decoded to \(decoded.debugDescription)")
+        require(
+            decoded == independentlyDecoded(Array(segment.utf8)),
+            "\(segment.debugDescription) decoded to \(decoded.debugDescription)")
         if let decoded {
             let check = Result { () throws(APIError) in try ServiceJSON.checkName(decoded) }
             if case .failure(let e) = check {

@@ -62,8 +62,11 @@ enum ConfigChecks {
         case .tcp: break
         case .tls:
             require(t.tls != nil, "tls transport without [tls]")
-            if server { require(t.tls?.pkcs12 != nil && t.tls?.pkcs12Password != nil, "tls server without pkcs12") }
-            else { require(t.tls?.trustedRoot != nil, "tls client without trusted_root") }
+            if server {
+                require(t.tls?.pkcs12 != nil && t.tls?.pkcs12Password != nil, "tls server without pkcs12")
+            } else {
+                require(t.tls?.trustedRoot != nil, "tls client without trusted_root")
+            }
         case .noise: require(t.noise != nil, "noise transport without [noise]")
         case .websocket: require(t.websocket != nil, "websocket transport without [websocket]")
         }

@@ -32,9 +32,10 @@ enum NoiseFixtures {
         let local = role == .responder ? server : client
         let remote = role == .responder ? client : server
         let proto = try! NoiseProtocol(name: "Noise_\(pattern.name)_25519_ChaChaPoly_BLAKE2s")
-        return try! NoiseSession(protocol: proto, role: role, localStaticKey: local,
-                                 remoteStaticKey: pattern.needsRemoteStaticUpFront(role) ? remote.publicKey : nil,
-                                 fixedEphemeral: role == .responder ? serverEphemeral : clientEphemeral)
+        return try! NoiseSession(
+            protocol: proto, role: role, localStaticKey: local,
+            remoteStaticKey: pattern.needsRemoteStaticUpFront(role) ? remote.publicKey : nil,
+            fixedEphemeral: role == .responder ? serverEphemeral : clientEphemeral)
     }
 }
 
@@ -62,7 +63,8 @@ struct NoiseHandshakeOutcome: Equatable {
 }
 
 enum NoiseChecks {
-    static func open(_ session: NoiseSession, _ input: [UInt8], into out: inout [UInt8]) throws(NoiseError) -> (consumed: Int, written: Int) {
+    static func open(_ session: NoiseSession, _ input: [UInt8], into out: inout [UInt8]) throws(NoiseError) -> (consumed: Int, written: Int)
+    {
         try input.withUnsafeBytes { raw in
             out.withUnsafeMutableBytes { o in Result { () throws(NoiseError) in try session.open(raw, into: o) } }
         }.get()
@@ -183,7 +185,9 @@ let noiseTransportTarget = FuzzTarget(
     for (i, n) in lengths.enumerated() {
         let p = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) }
         let sealed = try! sender.seal(p)
-        require(sealed.count == NoiseSession.sealedSize(plaintextCount: n), "sealed \(sealed.count) bytes for \(n), sealedSize says \(NoiseSession.sealedSize(plaintextCount: n))")
+        require(
+            sealed.count == NoiseSession.sealedSize(plaintextCount: n),
+            "sealed \(sealed.count) bytes for \(n), sealedSize says \(NoiseSession.sealedSize(plaintextCount: n))")
         plaintext += p
         stream += sealed
     }

@@ -46,10 +46,13 @@ enum ProxyChecks {
     static func methodChoice(_ reply: [UInt8], offered: Bool) {
         let r = Result { () throws(ProxyReplyError) in try Socks5Reply.methodChoice(reply, offeredPassword: offered) }
         let expected: Result<Bool, ProxyReplyError> =
-            reply[0] != 5 ? .failure(.notSocks5)
-            : reply[1] == 0 ? .success(false)
-            : reply[1] == 2 ? (offered ? .success(true) : .failure(.passwordRequired))
-            : .failure(.noAcceptableMethod)
+            reply[0] != 5
+            ? .failure(.notSocks5)
+            : reply[1] == 0
+                ? .success(false)
+                : reply[1] == 2
+                    ? (offered ? .success(true) : .failure(.passwordRequired))
+                    : .failure(.noAcceptableMethod)
         require(r == expected, "method choice \(reply): \(r), expected \(expected)")
         if case .failure(let e) = r { requireGoodLine(e) }
     }
@@ -154,8 +157,9 @@ enum ProxyChecks {
             require(verdict != nil, "a whole head without a verdict")
         } else if stream.count >= HTTPConnectReply.maxHeadSize {
             let tooLarge = if case .failure(.httpHeadTooLarge)? = verdict { true } else { false }
-            require(tooLarge && head.count == HTTPConnectReply.maxHeadSize,
-                    "no blank line in \(stream.count) bytes: read \(head.count), \(String(describing: verdict))")
+            require(
+                tooLarge && head.count == HTTPConnectReply.maxHeadSize,
+                "no blank line in \(stream.count) bytes: read \(head.count), \(String(describing: verdict))")
         } else {
             require(verdict == nil && head.count == stream.count, "an unfinished head ended with \(String(describing: verdict))")
         }

@@ -11,8 +11,10 @@ struct FuzzTarget: Sendable {
 }
 
 /// A broken property: says which, then aborts so that libFuzzer saves the input.
-func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
-             file: StaticString = #fileID, line: UInt = #line) {
+func require(
+    _ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
+    file: StaticString = #fileID, line: UInt = #line
+) {
     if condition() { return }
     let text = "PROPERTY FAILED at \(file):\(line): \(message())\n"
     text.utf8CString.withUnsafeBufferPointer { _ = write(2, $0.baseAddress, $0.count - 1) }
@@ -23,16 +25,19 @@ func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () ->
 /// with what a length field in the input claims: at most `perByte` bytes per input byte plus `fixed`.
 /// `fixed` is at least about 2 KiB: the first call down a code path may allocate the Swift
 /// runtime's type metadata, once per process.
-func boundedHeap<R>(input: Int, perByte: Int = 4, fixed: Int, _ what: String, file: StaticString = #fileID,
-                    line: UInt = #line, _ body: () -> R) -> R {
+func boundedHeap<R>(
+    input: Int, perByte: Int = 4, fixed: Int, _ what: String, file: StaticString = #fileID,
+    line: UInt = #line, _ body: () -> R
+) -> R {
     rf_track_begin()
     let r = body()
     var peak = 0
     var largest = 0
     rf_track_end(&peak, &largest)
     let limit = perByte * input + fixed
-    require(peak <= limit, "\(what): heap grew by \(peak) bytes (largest block \(largest)) for \(input) input bytes (limit \(limit))",
-            file: file, line: line)
+    require(
+        peak <= limit, "\(what): heap grew by \(peak) bytes (largest block \(largest)) for \(input) input bytes (limit \(limit))",
+        file: file, line: line)
     return r
 }
 
@@ -112,13 +117,17 @@ struct Splitter {
 
 /// A one-line description: no newline, not empty (error messages become log lines).
 func requireOneLine(_ text: String, _ what: String, file: StaticString = #fileID, line: UInt = #line) {
-    require(!text.isEmpty && !text.contains("\n") && !text.contains("\r"), "\(what) is not one line: \(text.debugDescription)",
-            file: file, line: line)
+    require(
+        !text.isEmpty && !text.contains("\n") && !text.contains("\r"), "\(what) is not one line: \(text.debugDescription)",
+        file: file, line: line)
 }
 
 func hex(_ bytes: some Sequence<UInt8>) -> String {
     let digits = Array("0123456789abcdef")
     var s = ""
-    for b in bytes { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 15)]) }
+    for b in bytes {
+        s.append(digits[Int(b >> 4)])
+        s.append(digits[Int(b & 15)])
+    }
     return s
 }

@@ -1,7 +1,7 @@
 import ControlPlane
+import Glibc
 import Noise
 import TLS
-import Glibc
 
 // TLS record intake as our code drives it: the server's TLSSession is handed ciphertext in chunks
 // (copied with feed, or received in place with reserveInput/commitInput), advances the handshake
@@ -71,8 +71,10 @@ enum TLSChecks {
     }
 
     /// Feeds the chunks, advancing the handshake and reading after each.
-    static func serve(_ session: TLSSession, _ chunks: [ArraySlice<UInt8>], useReserve: Bool, eof: Bool = true,
-                      keepOutput: Bool = false) -> TLSOutcome {
+    static func serve(
+        _ session: TLSSession, _ chunks: [ArraySlice<UInt8>], useReserve: Bool, eof: Bool = true,
+        keepOutput: Bool = false
+    ) -> TLSOutcome {
         var out = TLSOutcome()
         var buffer = [UInt8](repeating: 0, count: 20_000)
         func step() throws(TLSError) {
@@ -132,7 +134,10 @@ enum TLSChecks {
             stream += flight
             let o = serve(server, splitter.chunks(flight), useReserve: useReserve, eof: false, keepOutput: true)
             serverOutcome.complete = serverOutcome.complete || o.complete
-            if let e = o.error { serverOutcome.error = e; break }
+            if let e = o.error {
+                serverOutcome.error = e
+                break
+            }
             try? client.feed(server.takeOutput())
         }
         guard client.isHandshakeComplete, serverOutcome.error == nil else {
@@ -155,7 +160,9 @@ enum TLSChecks {
         if edited {
             require(plaintext.starts(with: received), "an edited stream delivered bytes that were not sent")
         } else {
-            require(o.error == nil && received == plaintext, "unedited: \(received.count) of \(plaintext.count) bytes, \(String(describing: o.error))")
+            require(
+                o.error == nil && received == plaintext,
+                "unedited: \(received.count) of \(plaintext.count) bytes, \(String(describing: o.error))")
         }
     }
 }

@@ -27,7 +27,8 @@ let webSocketFramesTarget = FuzzTarget(
         if whole.error == nil && split.error == nil {
             require(whole == split, "split \(split) differs from whole \(whole) for \(hex(stream.prefix(64)))")
         } else {
-            require(whole.error == split.error, "error \(String(describing: split.error)) in pieces, \(String(describing: whole.error)) whole")
+            require(
+                whole.error == split.error, "error \(String(describing: split.error)) in pieces, \(String(describing: whole.error)) whole")
             require(split.payload.starts(with: whole.payload), "payload before the error differs")
         }
     } else {
@@ -61,8 +62,9 @@ enum WebSocketFrameChecks {
                 require(payload <= consumed && consumed <= count, "decode: payload \(payload), consumed \(consumed) of \(count)")
                 out.payload += buffer[..<payload]
                 carried = Array(buffer[consumed...])
-                require(carried.count < WebSocketFrame.maxControlFrameSize,
-                        "\(carried.count) bytes left undecoded (at most a header or a control frame may be)")
+                require(
+                    carried.count < WebSocketFrame.maxControlFrameSize,
+                    "\(carried.count) bytes left undecoded (at most a header or a control frame may be)")
             case .failure(let e):
                 requireOneLine(e.description, "WebSocketFrameError")
                 out.error = e
@@ -118,7 +120,8 @@ enum WebSocketFrameChecks {
         require(decoded.error == nil, "built frames refused: \(String(describing: decoded.error))")
         require(decoded.payload == payload, "payload of \(decoded.payload.count) bytes, sent \(payload.count)")
         require(decoded.controls == controls, "control frames \(decoded.controls), sent \(controls)")
-        require(decoded.atBoundary == !inMessage || closed, "atBoundary \(decoded.atBoundary) with a message \(inMessage ? "open" : "closed")")
+        require(
+            decoded.atBoundary == !inMessage || closed, "atBoundary \(decoded.atBoundary) with a message \(inMessage ? "open" : "closed")")
         require(decoded.closed == closed, "closed \(decoded.closed), sent a close: \(closed)")
     }
 }

@@ -40,7 +40,8 @@ enum WebSocketUpgradeChecks {
         let mismatch = zip(s, p).enumerated().first { $0.element.0 != $0.element.1 }?.offset
         var end: Int?
         if s.count >= 4 {
-            for i in 3..<min(s.count, WebSocketHandshake.maxHeadSize) where s[i - 3] == 13 && s[i - 2] == 10 && s[i - 1] == 13 && s[i] == 10 {
+            for i in 3..<min(s.count, WebSocketHandshake.maxHeadSize) where s[i - 3] == 13 && s[i - 2] == 10 && s[i - 1] == 13 && s[i] == 10
+            {
                 end = i + 1
                 break
             }
@@ -50,7 +51,8 @@ enum WebSocketUpgradeChecks {
         case .failure(.notHTTP): require(mismatch != nil, "notHTTP for \(hex(s.prefix(16)))")
         case .failure(.headTooLarge): require(mismatch == nil && end == nil && s.count >= WebSocketHandshake.maxHeadSize, "headTooLarge")
         case .failure(let e): require(false, "headLength threw \(e)")
-        case .success(let n): require(mismatch == nil && n == end, "headLength \(String(describing: n)), the head ends at \(String(describing: end))")
+        case .success(let n):
+            require(mismatch == nil && n == end, "headLength \(String(describing: n)), the head ends at \(String(describing: end))")
         }
         // Every prefix says nil or the same; a prefix that already shows the mismatch refuses.
         for cut in [0, 1, 3, 4, 5, s.count / 3, s.count / 2, s.count - 1] where cut >= 0 && cut < s.count {
@@ -67,12 +69,18 @@ enum WebSocketUpgradeChecks {
         let checked = boundedHeap(input: n, perByte: 64, fixed: 16 << 10, "check head") {
             request
                 ? Result { () throws(WebSocketHandshakeError) -> String in try WebSocketHandshake.checkRequest(head) }
-                : Result { () throws(WebSocketHandshakeError) -> String in try WebSocketHandshake.checkResponse(head, key: clientKey); return "" }
+                : Result { () throws(WebSocketHandshakeError) -> String in
+                    try WebSocketHandshake.checkResponse(head, key: clientKey)
+                    return ""
+                }
         }
         switch checked {
         case .success(let key):
-            if request { require(!key.isEmpty, "accepted a request without a key") }
-            else { require(head.starts(with: Array("HTTP/1.1 101".utf8)), "accepted a response that is not 101") }
+            if request {
+                require(!key.isEmpty, "accepted a request without a key")
+            } else {
+                require(head.starts(with: Array("HTTP/1.1 101".utf8)), "accepted a response that is not 101")
+            }
         case .failure(let e):
             requireOneLine(e.description, "WebSocketHandshakeError")
             require(e.description.count <= 250, "error of \(e.description.count) characters")
@@ -83,7 +91,8 @@ enum WebSocketUpgradeChecks {
         let base64 = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
         let hostChars = Array("abcdefghijklmnopqrstuvwxyz0123456789.-".utf8)
         let key = String(decoding: input.takePadded(Int(input.byte() % 40) + 1).map { base64[Int($0) % 64] }, as: UTF8.self)
-        let host = String(decoding: input.takePadded(Int(input.byte() % 60) + 1).map { hostChars[Int($0) % hostChars.count] }, as: UTF8.self)
+        let host =
+            String(decoding: input.takePadded(Int(input.byte() % 60) + 1).map { hostChars[Int($0) % hostChars.count] }, as: UTF8.self)
             + ":\(input.u16())"
         let request = WebSocketHandshake.request(host: host, key: key)
         let length = request.withUnsafeBytes { try? WebSocketHandshake.headLength($0, startsWith: "GET ") }

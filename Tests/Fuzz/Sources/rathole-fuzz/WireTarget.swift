@@ -39,7 +39,10 @@ enum WireMessage: Equatable {
         case .controlCmd(let m): return m.encode()
         case .dataCmd(let m): return m.encode()
         case .udp(let f):
-            do { return try f.encode() } catch { require(false, "a decoded frame does not encode: \(error)"); return [] }
+            do { return try f.encode() } catch {
+                require(false, "a decoded frame does not encode: \(error)")
+                return []
+            }
         }
     }
 }
@@ -74,8 +77,9 @@ enum WireScript {
                 return m
             } catch {
                 require(decoder.bufferedCount == before, "\(M.self): a failed decode consumed bytes")
-                require(error == expectedError(M.self, stream[consumed..<consumed + M.size]),
-                        "\(M.self): error \(error) for \(hex(stream[consumed..<consumed + M.size]))")
+                require(
+                    error == expectedError(M.self, stream[consumed..<consumed + M.size]),
+                    "\(M.self): error \(error) for \(hex(stream[consumed..<consumed + M.size]))")
                 requireOneLine(error.description, "ProtocolError")
                 out.error = error
                 state = .done
@@ -88,7 +92,8 @@ enum WireScript {
             require(m.encoded == bytes, "\(m) re-encodes to \(hex(m.encoded)), came from \(hex(bytes))")
             out.messages.append(m)
             consumed += size
-            require(fed - consumed == decoder.bufferedCount, "buffered count \(decoder.bufferedCount) after \(fed) fed, \(consumed) consumed")
+            require(
+                fed - consumed == decoder.bufferedCount, "buffered count \(decoder.bufferedCount) after \(fed) fed, \(consumed) consumed")
         }
 
         func step() -> Bool {

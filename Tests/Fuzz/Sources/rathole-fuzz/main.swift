@@ -22,7 +22,9 @@ let targets: [FuzzTarget] = [
 nonisolated(unsafe) var selected: FuzzTarget?
 
 @_cdecl("LLVMFuzzerInitialize")
-public func fuzzerInitialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
+public func fuzzerInitialize(
+    _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>
+) -> CInt {
     var name: String?
     if let env = getenv("RATHOLE_FUZZ_TARGET") {
         name = String(cString: env)
