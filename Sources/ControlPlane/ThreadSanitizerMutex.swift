@@ -6,7 +6,8 @@ import Glibc
 /// library (futex), so TSan misses the ordering the lock gives and reports the data it guards as
 /// raced. Inside this module this pthread mutex, which TSan intercepts, stands in for it, with the
 /// same use (`Mutex(value)`, `withLock`). One copy per module: a public one would be ambiguous with
-/// Synchronization's in every module importing both.
+/// Synchronization's in every module importing both, and an alias of DataPlane's would need
+/// `import DataPlane` in every file that locks (MemberImportVisibility).
 final class Mutex<Value: ~Copyable>: @unchecked Sendable {
     private var value: Value
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
