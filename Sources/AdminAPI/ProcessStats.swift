@@ -40,7 +40,8 @@ struct ProcessStats {
         defer { closedir(dir) }
         var count = 0
         while let entry = readdir(dir) {
-            let first = withUnsafeBytes(of: entry.pointee.d_name) { $0.first }
+            // Through a pointer: copying the entry would read past a short one (AddressSanitizer).
+            let first = withUnsafePointer(to: &entry.pointee.d_name) { UnsafeRawPointer($0).load(as: UInt8.self) }
             if first != UInt8(ascii: ".") { count += 1 }
         }
         return count - 1

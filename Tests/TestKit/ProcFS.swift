@@ -30,7 +30,7 @@ public enum ProcFS {
         let own = pid == getpid() ? dirfd(d) : -1
         var target = [CChar](repeating: 0, count: 512)
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = direntName(e)
             guard let fd = Int32(name), fd != own else { continue }
             let n = readlink("/proc/\(pid)/fd/\(name)", &target, target.count - 1)
             // "?": closed between readdir and readlink.
@@ -193,4 +193,10 @@ extension RatholeProcess {
     /// Data and heap the process has claimed, resident or not, in KiB: what a leak of untouched
     /// buffers grows.
     public var dataKiB: Int? { isRunning ? ProcFS.statusKiB(pid: pid, "VmData") : nil }
+}
+
+/// A directory entry's name, read in place: copying the entry (`d_name` is a 256-byte tuple) would
+/// read past the end of a short entry, which AddressSanitizer reports.
+func direntName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+    withUnsafePointer(to: &entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
 }

@@ -86,7 +86,7 @@ private func markOpenFilesCloseOnExec() {
     defer { closedir(dir) }
     let own = dirfd(dir)
     while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let name = direntName(entry)
         if let fd = Int32(name), fd > 2, fd != own {
             let flags = fcntl(fd, F_GETFD)
             if flags >= 0 && flags & FD_CLOEXEC == 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
