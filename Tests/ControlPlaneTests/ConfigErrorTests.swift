@@ -247,6 +247,9 @@ final class ConfigErrorTests: XCTestCase {
             ("[server]\n[\n", "line 2, column 2: expected a table name after '[', found the end of the line"),
             ("[é]", "line 1, column 2: expected a table name after '[', found a non-ASCII character"),
             ("\u{FEFF}[`ebind", "line 1, column 2: expected a table name after '[', found '`'"),
+            ("a = [}", "line 1, column 6: '}' does not close the '[' before it"),
+            ("a = [1,\n  # c\n}", "line 3, column 1: '}' does not close the '[' before it"),
+            ("a = {b = [1]]", "line 1, column 13: ']' does not close the '{' before it"),
         ]
         for (toml, expected) in cases {
             let e = parseError(toml, file: "ctl.toml")

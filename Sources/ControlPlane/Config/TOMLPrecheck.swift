@@ -23,8 +23,8 @@ enum TOMLPrecheck {
         var i = 0
         var line = 1
         var lineStart = 0
-        /// Open '[' and '{' of values (arrays and inline tables may span lines).
-        var depth = 0
+        /// Open '[' and '{' of values (arrays and inline tables may span lines), innermost last.
+        var open: [UInt8] = []
 
         init(_ bytes: [UInt8]) { b = bytes }
 
@@ -69,13 +69,19 @@ enum TOMLPrecheck {
                     skipComment()
                 case UInt8(ascii: "\""), UInt8(ascii: "'"):
                     if let failure = skipString() { return failure }
-                case UInt8(ascii: "[") where atLineStart && depth == 0:
+                case UInt8(ascii: "[") where atLineStart && open.isEmpty:
                     if let failure = tableHeader() { return failure }
                 case UInt8(ascii: "["), UInt8(ascii: "{"):
-                    depth += 1
+                    open.append(c)
                     i += 1
                 case UInt8(ascii: "]"), UInt8(ascii: "}"):
-                    depth = max(0, depth - 1)
+                    // A '}' where an array's value is due trips toml++'s assertion (fuzzer find:
+                    // `a = [}`); a closing bracket of the other kind is never valid TOML.
+                    let opening = c == UInt8(ascii: "]") ? UInt8(ascii: "[") : UInt8(ascii: "{")
+                    if let innermost = open.popLast(), innermost != opening {
+                        let (closing, opened) = (Character(Unicode.Scalar(c)), Character(Unicode.Scalar(innermost)))
+                        return fail(i, "'\(closing)' does not close the '\(opened)' before it")
+                    }
                     i += 1
                 default:
                     i += 1
