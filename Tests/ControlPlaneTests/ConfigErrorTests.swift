@@ -250,6 +250,9 @@ final class ConfigErrorTests: XCTestCase {
             ("a = [}", "line 1, column 6: '}' does not close the '[' before it"),
             ("a = [1,\n  # c\n}", "line 3, column 1: '}' does not close the '[' before it"),
             ("a = {b = [1]]", "line 1, column 13: ']' does not close the '{' before it"),
+            ("n=1234-56-78 9 ", "line 1, column 14: expected a time (HH:MM:SS) after the date"),
+            ("n=4n=n--(-dr 9 ", "line 1, column 14: expected a time (HH:MM:SS) after the date"),
+            ("a = [12_34-5x-78 9]", "line 1, column 18: expected a time (HH:MM:SS) after the date"),
         ]
         for (toml, expected) in cases {
             let e = parseError(toml, file: "ctl.toml")

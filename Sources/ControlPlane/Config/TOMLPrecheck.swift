@@ -62,6 +62,10 @@ enum TOMLPrecheck {
                     atLineStart = true
                     i += 1
                     continue
+                case 0x20 where isDateShapedValueBeforeOneDigit(space: i):
+                    // toml++ asserts here (fuzzer find: `n=1234-56-78 9 `), while looking for a
+                    // date and time separated by a space; a time is never one digit.
+                    return fail(i + 1, "expected a time (HH:MM:SS) after the date")
                 case 0x20, 0x09, 0x0D:
                     i += 1
                     continue
@@ -89,6 +93,28 @@ enum TOMLPrecheck {
                 atLineStart = false
             }
             return nil
+        }
+
+        /// Whether the space at `space` follows a 10-character value shaped like a date (a digit
+        /// first, '-' fifth and eighth, underscores not counted, as toml++ counts) and precedes a
+        /// single digit and then the value's end. The value may hold '=' (toml++ reads `n=4a=b`
+        /// as key `n`, value `4a=b`), so it may start after any '=' of the bare run before it.
+        func isDateShapedValueBeforeOneDigit(space: Int) -> Bool {
+            func endsValue(_ at: Int) -> Bool {
+                at >= b.count || [0x20, 0x09, 0x0A, 0x0D, 0x2C, 0x5D, 0x7D, 0x23].contains(b[at])
+            }
+            guard space + 1 < b.count, (0x30...0x39).contains(b[space + 1]), endsValue(space + 2) else { return false }
+            var start = space
+            while start > 0, !endsValue(start - 1), b[start - 1] != UInt8(ascii: "["), b[start - 1] != UInt8(ascii: "{") {
+                start -= 1
+            }
+            let run = b[start..<space]
+            let starts = [start] + run.indices.filter { b[$0] == UInt8(ascii: "=") }.map { $0 + 1 }
+            return starts.contains { first in
+                let chars = b[first..<space].filter { $0 != UInt8(ascii: "_") }
+                return chars.count == 10 && (0x30...0x39).contains(chars[0])
+                    && chars[4] == UInt8(ascii: "-") && chars[7] == UInt8(ascii: "-")
+            }
         }
 
         /// Up to the end of the line (the newline itself is left to the caller).
