@@ -15,7 +15,7 @@ public func relay(
         }
         return
     }
-    let id = connections.add(.copy(a, b))
+    let id = connections.add(.copy(.init(a, b)))
     let result = await CopyRelay.run(a, b, on: ring)
     connections.remove(id)
     onEnd?(result)
@@ -50,15 +50,27 @@ public final class ConnectionSet: Sendable {
     public enum Running: Sendable {
         case splice(RelayHandle)
         /// A copy relay ends when its streams are shut down under it.
-        case copy(ByteStream, ByteStream)
+        case copy(StreamPair)
 
         func stop() {
             switch self {
             case .splice(let handle): handle.stop()
-            case .copy(let a, let b):
-                a.shutdown()
-                b.shutdown()
+            case .copy(let pair):
+                pair.a.shutdown()
+                pair.b.shutdown()
             }
+        }
+    }
+
+    /// A copy relay's two streams in one reference, so that an entry stays as small as a splice
+    /// relay's handle: two existentials inline doubled every entry (8,000 relays: 256 KiB more).
+    public final class StreamPair: Sendable {
+        let a: ByteStream
+        let b: ByteStream
+
+        init(_ a: ByteStream, _ b: ByteStream) {
+            self.a = a
+            self.b = b
         }
     }
 

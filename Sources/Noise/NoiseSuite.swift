@@ -73,8 +73,9 @@ nonisolated(unsafe) private let noiseDigestSHA256 = fetchDigest("SHA256")
 nonisolated(unsafe) private let noiseDigestSHA512 = fetchDigest("SHA512")
 
 /// libsodium (X25519, the key generator, base64) must be initialised before use: `sodium_init` also
-/// picks the fastest X25519 implementation for this CPU. This is the program's only call: Noise is the only user of
-/// libsodium. Swift runs a global's initialiser exactly once, thread-safely.
+/// picks the fastest X25519 implementation for this CPU. This is the program's only call: the protocol's
+/// SHA-256 (`Digest.sha256`) is the other user of libsodium and needs no set-up. Swift runs a global's
+/// initialiser exactly once, thread-safely.
 let noiseSodiumInitialised: Bool = sodium_init() >= 0
 
 @inline(__always)
