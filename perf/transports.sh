@@ -19,7 +19,9 @@
 #   --out DIR          results directory (default perf/results)
 # --quick runs are named -quick.md (ignored by git: a check); runs with --rounds, --duration or
 # --only -partial.md (a targeted comparison: commit it when a figure from it is quoted).
-# Environment: RATHOLE_BIN=/path/to/rathole overrides the binary (implies --no-build).
+# Environment: RATHOLE_BIN=/path/to/rathole overrides the binary (implies --no-build);
+# RATHOLE_UPSTREAM=/path/to/rathole (a release build of upstream rathole) runs every transport a
+# second time with that binary at both ends, same configs, as rows "upstream rathole, KIND".
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,6 +68,8 @@ if [ "$BUILD" = 1 ]; then
         || die "swift build failed"
 fi
 [ -x "$BIN" ] || die "rathole not found at $BIN (build it, or pass --scratch-path / RATHOLE_BIN=)"
+UPSTREAM=${RATHOLE_UPSTREAM:-}
+[ -z "$UPSTREAM" ] || [ -x "$UPSTREAM" ] || die "RATHOLE_UPSTREAM=$UPSTREAM is not an executable"
 
 MACHINE=$(machine_line)
 read -r P_SRV P_CTL P_PUB <<<"$(free_ports 3)"
@@ -138,8 +142,14 @@ measure() {
 }
 
 # run_kind KIND: a fresh server and client with that transport, 1 and 8 streams, then stop them.
+# KIND upstream-X is transport X with the upstream binary.
 run_kind() {
-    local kind=$1 S C
+    local kind=$1 bin=$BIN label=$1 S C
+    if [[ $kind == upstream-* ]]; then
+        kind=${kind#upstream-}
+        bin=$UPSTREAM
+        label="upstream rathole, $kind"
+    fi
     if [ "$kind" = direct ]; then
         measure "direct (no tunnel)" 1 "$P_SRV"
         measure "direct (no tunnel)" 8 "$P_SRV"
@@ -155,21 +165,27 @@ run_kind() {
         transport_tables "$kind" client
         printf '[client.services.iperf]\ntoken = "perf"\nlocal_addr = "127.0.0.1:%s"\n' "$P_SRV"
     } >"$WORK/client.toml"
-    RUST_LOG=warn start_bg "$WORK/server-$kind.log" "$BIN" "$WORK/server.toml"; S=$BG_PID
-    RUST_LOG=warn start_bg "$WORK/client-$kind.log" "$BIN" "$WORK/client.toml"; C=$BG_PID
+    local logs="$WORK/server-$1.log $WORK/client-$1.log"
+    RUST_LOG=warn start_bg "$WORK/server-$1.log" "$bin" "$WORK/server.toml"; S=$BG_PID
+    RUST_LOG=warn start_bg "$WORK/client-$1.log" "$bin" "$WORK/client.toml"; C=$BG_PID
     if wait_listen "$P_PUB" tcp 10 "$S" && sleep 1 && kill -0 "$C" 2>/dev/null; then
-        measure "$kind" 1 "$P_PUB" "$S" "$C"
-        measure "$kind" 8 "$P_PUB" "$S" "$C"
+        measure "$label" 1 "$P_PUB" "$S" "$C"
+        measure "$label" 8 "$P_PUB" "$S" "$C"
     else
-        log "$kind: the tunnel did not start: $(tail -n 2 "$WORK/server-$kind.log" "$WORK/client-$kind.log")"
-        printf '%s\t-\tfailed to start\t-\t%s\n' "$kind" "$ROUND" >>"$RES"
+        # shellcheck disable=SC2086
+        log "$label: the tunnel did not start: $(tail -n 2 $logs)"
+        printf '%s\t-\tfailed to start\t-\t%s\n' "$label" "$ROUND" >>"$RES"
     fi
     stop_pids "$S" "$C"
     wait_port_free "$P_PUB" 5; wait_port_free "$P_CTL" 5
 }
 
 KINDS=()
-for k in direct tcp noise-nk noise-nk-aesgcm noise-xx noise-kk tls ws wss; do want "$k" && KINDS+=("$k"); done
+for k in direct tcp noise-nk noise-nk-aesgcm noise-xx noise-kk tls ws wss; do
+    want "$k" || continue
+    KINDS+=("$k")
+    if [ -n "$UPSTREAM" ] && [ "$k" != direct ]; then KINDS+=("upstream-$k"); fi
+done
 ORDERS=()
 START=$(date +%s)
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
@@ -188,7 +204,7 @@ REPORT="$OUT/transports-$STAMP$SUFFIX.md"
     echo
     echo "Command: \`$CMDLINE\`, $(( $(date +%s) - START )) s. Machine: $MACHINE."
     echo
-    echo "Versions: iperf3 $(iperf3 --version | awk 'NR==1{print $2}'), $(openssl version | cut -d' ' -f1-2), ours: $("$BIN" --version 2>&1 | head -n1) (commit $(ours_commit "$ROOT"))."
+    echo "Versions: iperf3 $(iperf3 --version | awk 'NR==1{print $2}'), $(openssl version | cut -d' ' -f1-2), ours: $("$BIN" --version 2>&1 | head -n1) (commit $(ours_commit "$ROOT"))$([ -z "$UPSTREAM" ] || echo ", upstream rathole: $("$UPSTREAM" --version 2>&1 | head -n1) ($UPSTREAM)")."
     echo
     echo "**$ROUNDS rounds** of ${DURATION} s per iperf3 run, the transports in a different order each round ($(IFS=';'; echo "${ORDERS[*]}" | sed 's/;/; /g')), server and client started fresh every round. Cells: median (min–max) of the rounds. CPU s per 10 GB: user+system time of server and client together during the run, per 1e10 bytes received."
     echo
