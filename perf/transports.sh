@@ -165,15 +165,13 @@ run_kind() {
         transport_tables "$kind" client
         printf '[client.services.iperf]\ntoken = "perf"\nlocal_addr = "127.0.0.1:%s"\n' "$P_SRV"
     } >"$WORK/client.toml"
-    local logs="$WORK/server-$1.log $WORK/client-$1.log"
     RUST_LOG=warn start_bg "$WORK/server-$1.log" "$bin" "$WORK/server.toml"; S=$BG_PID
     RUST_LOG=warn start_bg "$WORK/client-$1.log" "$bin" "$WORK/client.toml"; C=$BG_PID
     if wait_listen "$P_PUB" tcp 10 "$S" && sleep 1 && kill -0 "$C" 2>/dev/null; then
         measure "$label" 1 "$P_PUB" "$S" "$C"
         measure "$label" 8 "$P_PUB" "$S" "$C"
     else
-        # shellcheck disable=SC2086
-        log "$label: the tunnel did not start: $(tail -n 2 $logs)"
+        log "$label: the tunnel did not start: $(tail -n 2 "$WORK/server-$1.log" "$WORK/client-$1.log")"
         printf '%s\t-\tfailed to start\t-\t%s\n' "$label" "$ROUND" >>"$RES"
     fi
     stop_pids "$S" "$C"
