@@ -251,6 +251,7 @@ final class ConfigErrorTests: XCTestCase {
             ("a = [1,\n  # c\n}", "line 3, column 1: '}' does not close the '[' before it"),
             ("a = {b = [1]]", "line 1, column 13: ']' does not close the '{' before it"),
             ("n=1234-56-78 9 ", "line 1, column 14: expected a time (HH:MM:SS) after the date"),
+            ("n=4n=n--(-\u{FFFD}r 9 ", "line 1, column 14: expected a time (HH:MM:SS) after the date"),
             ("n=4n=n--(-dr 9 ", "line 1, column 14: expected a time (HH:MM:SS) after the date"),
             ("a = [12_34-5x-78 9]", "line 1, column 18: expected a time (HH:MM:SS) after the date"),
         ]

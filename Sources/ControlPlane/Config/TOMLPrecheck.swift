@@ -96,7 +96,8 @@ enum TOMLPrecheck {
         }
 
         /// Whether the space at `space` follows a 10-character value shaped like a date (a digit
-        /// first, '-' fifth and eighth, underscores not counted, as toml++ counts) and precedes a
+        /// first, '-' fifth and eighth; characters are code points and underscores are not
+        /// counted, as toml++ counts: fuzzer find `n=4n=n--(-\u{FFFD}r 9 `) and precedes a
         /// single digit and then the value's end. The value may hold '=' (toml++ reads `n=4a=b`
         /// as key `n`, value `4a=b`), so it may start after any '=' of the bare run before it.
         func isDateShapedValueBeforeOneDigit(space: Int) -> Bool {
@@ -111,7 +112,8 @@ enum TOMLPrecheck {
             let run = b[start..<space]
             let starts = [start] + run.indices.filter { b[$0] == UInt8(ascii: "=") }.map { $0 + 1 }
             return starts.contains { first in
-                let chars = b[first..<space].filter { $0 != UInt8(ascii: "_") }
+                // One entry per code point: UTF-8 continuation bytes are not counted.
+                let chars = b[first..<space].filter { $0 != UInt8(ascii: "_") && $0 & 0xC0 != 0x80 }
                 return chars.count == 10 && (0x30...0x39).contains(chars[0])
                     && chars[4] == UInt8(ascii: "-") && chars[7] == UInt8(ascii: "-")
             }
