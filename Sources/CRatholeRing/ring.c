@@ -215,7 +215,9 @@ static void dir_finish(rr_ring *ring, rr_relay *r, int d) {
     return_pipe(ring, dir);
     dir->state = DIR_DONE;
     // Pass the FIN on. ENOTCONN means the peer is gone already; the other direction will notice.
-    shutdown(dir->out, SHUT_WR);
+    // When the other direction has ended too, the close that follows at once sends the FIN (both
+    // receive queues are empty, read to their end), so the shutdown would be a wasted syscall.
+    if (r->dir[1 - d].state != DIR_DONE) shutdown(dir->out, SHUT_WR);
     relay_finish_if_done(ring, r);
 }
 

@@ -13,7 +13,7 @@ struct ProxyConnector {
         let socket: SocketStream
         do {
             let address = try await proxy.address.resolve(preferIPv6: false)
-            socket = try await Socket.connect(to: address, on: ring, timeout: timeout)
+            socket = try await Socket.connect(to: address, on: ring, timeout: timeout, speaksFirst: true)
         } catch {
             throw .proxy(proxy, .io(error))
         }

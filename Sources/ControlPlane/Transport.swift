@@ -51,7 +51,7 @@ struct TCPTransport: Transport {
         } else {
             guard case .address(let address) = endpoint else { preconditionFailure("a direct connection needs an address") }
             do {
-                socket = try await Socket.connect(to: address, on: ring, timeout: Self.connectTimeout)
+                socket = try await Socket.connect(to: address, on: ring, timeout: Self.connectTimeout, speaksFirst: true)
             } catch {
                 throw .connect(error)
             }

@@ -78,6 +78,18 @@ public final class SocketStream: ByteStream, Sendable {
         return try nonBlockingCall("recv") { recv(fd, buffer.baseAddress, buffer.count, flags) }
     }
 
+    /// Drops up to `count` bytes that have arrived (peeked before), without copying them.
+    /// Returns how many were dropped.
+    public func discardNow(_ count: Int) throws(IOError) -> Int {
+        var dropped = 0
+        while dropped < count {
+            let n = try nonBlockingCall("recv") { recv(fd, nil, count - dropped, Int32(MSG_DONTWAIT | MSG_TRUNC)) } ?? 0
+            if n <= 0 { break }
+            dropped += n
+        }
+        return dropped
+    }
+
     /// A socket option's value, read back (to check what a connection was given).
     public func option(level: Int32, name: Int32) throws(IOError) -> Int32 {
         try Socket.getOption(fd, level, name, "option \(name)")

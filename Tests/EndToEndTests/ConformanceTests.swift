@@ -204,6 +204,27 @@ final class ConformanceTests: EndToEndCase {
         }
     }
 
+    /// A visitor that sent more before its channel came than rides along with StartForwardTcp:
+    /// the first bytes go out with the command, the rest through the relay, none twice, none
+    /// out of order.
+    func testVisitorBytesSentBeforeItsChannelArriveOnceAndInOrder() throws {
+        let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
+        let (session, key) = try authenticatedControlChannel(port: control, token: "wire_token_1")
+        defer { session.close() }
+        let payload = (0..<30_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
+        let v = try Conn.connect(port: publicPort)
+        try v.send(payload)  // no channel exists yet: the visitor waits in the pool
+        let d = try Conn.connect(port: control)
+        try d.send([1, 0, 0, 0, 1] + key)
+        XCTAssertEqual(try d.readExact(4 + payload.count, timeout: 10), [0, 0, 0, 0] + payload)
+        try v.send("and more")
+        XCTAssertEqual(try d.readExact(8, timeout: 10), Array("and more".utf8))
+        v.shutdownWrite()
+        XCTAssertEqual(d.readSome(timeout: 10), .eof, "the visitor's FIN follows its bytes")
+        d.close()
+        v.close()
+    }
+
     /// Idle channels the client closed are dropped when a visitor comes, and the client is asked
     /// for a new one even when the pool looked full (16 idle, all of them dead).
     func testDeadPooledChannelsAreReplacedForTheVisitor() throws {
