@@ -26,6 +26,44 @@ final class RelayTests: XCTestCase {
         try await RelayScenarios.bulk(.spliceAsync, aToB: 1 << 30, bToA: 64 << 20)
     }
 
+    /// Small pieces, one per readiness event, to a peer that does not read until all were sent:
+    /// the relay's socket takes only part of them (both buffers are tiny), the rest waits in the
+    /// pipe and in the kernel, and everything arrives, in order, once the peer reads.
+    func testSmallPiecesToAStalledPeerArriveIntact() async throws {
+        try await withRelayRing("small pieces to a stalled peer") { group, listener in
+            let ring = group.executors[0]
+            let (x, a) = try listener.pair()
+            let (y, b) = try listener.pair()
+            var tiny: Int32 = 4096
+            setsockopt(y, SOL_SOCKET, SO_RCVBUF, &tiny, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(b, SOL_SOCKET, SO_SNDBUF, &tiny, socklen_t(MemoryLayout<Int32>.size))
+            let relay = await startRelay(.spliceAsync, on: ring, a, b)
+            let pieces = 64
+            let sent = await PeerThread { () -> (digest: StreamDigest, errno: Int32) in
+                let hasher = StreamHasher()
+                for i in 0..<pieces {
+                    let piece = RandomPool.shared.slice(seed: i, count: 1000)
+                    hasher.update(piece)
+                    let e = Blocking.sendAll(x, piece)
+                    if e != 0 { return (hasher.finish(), e) }
+                    usleep(300)  // one piece per readiness event
+                }
+                shutdown(x, Int32(SHUT_WR))
+                return (hasher.finish(), 0)
+            }.value
+            XCTAssertEqual(sent.errno, 0, "\(sent)")
+            let seen = await PeerThread { Blocking.drain(y) }.value
+            XCTAssertEqual(seen.errno, 0, "\(seen)")
+            XCTAssertEqual(seen.digest, sent.digest)
+            shutdown(y, Int32(SHUT_WR))
+            let result = await relay.result.value
+            XCTAssertNil(result.error, "\(result)")
+            XCTAssertEqual(result.bytesAToB, UInt64(pieces * 1000))
+            close(x)
+            close(y)
+        }
+    }
+
     func testHalfCloseFromA() async throws {
         try await RelayScenarios.halfClose(.spliceAsync, first: .a)
     }
