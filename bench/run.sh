@@ -201,37 +201,8 @@ start_iperf_server() {
 start_iperf_server
 
 NG="$WORK/nginx"
-mkdir -p "$NG/www" "$NG/tmp"
-chmod 755 "$WORK" "$NG" "$NG/www"
-"$PY" -c 'import sys; sys.stdout.write("<html><body>" + "x" * 998 + "</body></html>\n")' >"$NG/www/index.html"
-chmod 644 "$NG/www/index.html"
-cat >"$NG/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $NG/nginx.pid;
-error_log $NG/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    client_body_temp_path $NG/tmp/client_body;
-    proxy_temp_path $NG/tmp/proxy;
-    fastcgi_temp_path $NG/tmp/fastcgi;
-    uwsgi_temp_path $NG/tmp/uwsgi;
-    scgi_temp_path $NG/tmp/scgi;
-    default_type text/html;
-    server {
-        listen 127.0.0.1:$B_HTTP backlog=4096;
-        root $NG/www;
-        location / { }
-    }
-}
-EOF
+chmod 755 "$WORK"
+nginx_static "$NG" "$B_HTTP"
 mkdir -p "$WORK/configs/nginx"
 cp "$NG/nginx.conf" "$WORK/configs/nginx/nginx.conf"
 start_bg "$WORK/nginx.log" nginx -c "$NG/nginx.conf" -p "$NG"

@@ -65,14 +65,7 @@ ensure_tool haproxy haproxy
 ensure_tool nstat iproute2
 ensure_tool gcc gcc
 
-BIN=${RATHOLE_BIN:-$SCRATCH/release/rathole}
-[ -n "${RATHOLE_BIN:-}" ] && BUILD=0
-if [ "$BUILD" = 1 ]; then
-    log "building rathole (swift build -c release --static-swift-stdlib --product rathole)"
-    (cd "$ROOT" && swift build -c release --static-swift-stdlib --product rathole --scratch-path "$SCRATCH" >&2) \
-        || die "swift build failed"
-fi
-[ -x "$BIN" ] || die "rathole not found at $BIN (build it, or pass --scratch-path / RATHOLE_BIN=)"
+BIN=$(rathole_binary "$ROOT" "$SCRATCH" "$BUILD") || exit 1
 LOADGEN="$WORK/loadgen"
 gcc -O2 -o "$LOADGEN" "$ROOT/bench/lib/loadgen.c" || die "cannot build the load generator"
 
@@ -80,28 +73,10 @@ MACHINE=$(machine_line)
 # nginx, the echo service, our control port and entry ports, HAProxy's entry and middle ports.
 read -r P_NGINX P_ECHO P_CTL P_HTTP P_RATE H_HTTP H_RATE M_HTTP M_RATE <<<"$(free_ports 9)"
 
-mkdir -p "$WORK/www" "$WORK/nginx"
-head -c 612 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nodelay on;
-    client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-    uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-    default_type text/html;
-    server { listen 127.0.0.1:$P_NGINX backlog=4096; root $WORK/www; location / { } }
-}
-EOF
-start_bg "$WORK/nginx.log" nginx -c "$WORK/nginx.conf"
-wait_listen "$P_NGINX" tcp 10 "$BG_PID" || die "nginx did not start: $(tail -n 2 "$WORK/nginx.log")"
+chmod 755 "$WORK"
+nginx_static "$WORK/nginx" "$P_NGINX"
+start_bg "$WORK/nginx.log" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
+wait_listen "$P_NGINX" tcp 10 "$BG_PID" || die "nginx did not start: $(tail -n 2 "$WORK/nginx/error.log" "$WORK/nginx.log")"
 start_bg "$WORK/echo.log" "$LOADGEN" serve "$P_ECHO"
 wait_listen "$P_ECHO" tcp 10 "$BG_PID" || die "the echo service did not start"
 
@@ -201,7 +176,7 @@ REPORT="$OUT/connections-$STAMP$SUFFIX.md"
 {
     echo "# What a tunnelled connection costs, $(date '+%Y-%m-%d %H:%M')"
     echo
-    echo "Written by \`perf/connections.sh\`: HTTP \`Connection: close\` (wrk -t2 -c100, nginx static file of 612 bytes) and new connections/s (\`loadgen rate\`, 16 in flight: connect, greeting byte, one byte echoed, close) through each system on 127.0.0.1. Front = our server or HAProxy hop 1, back = our client or hop 2. CPU: user+system time of the process during the run, per connection. Segments: TCP segments sent on the whole machine per connection (nstat TcpOutSegs: the load generator's and the service's included). Switches: context switches of the two proxy processes (all threads) per connection."
+    echo "Written by \`perf/connections.sh\`: HTTP \`Connection: close\` (wrk -t2 -c100, nginx static file of 1 KiB, as bench/run.sh) and new connections/s (\`loadgen rate\`, 16 in flight: connect, greeting byte, one byte echoed, close) through each system on 127.0.0.1. Front = our server or HAProxy hop 1, back = our client or hop 2. CPU: user+system time of the process during the run, per connection. Segments: TCP segments sent on the whole machine per connection (nstat TcpOutSegs: the load generator's and the service's included). Switches: context switches of the two proxy processes (all threads) per connection."
     echo
     echo "Command: \`$CMDLINE\`, $(( $(date +%s) - START )) s. Machine: $MACHINE."
     echo

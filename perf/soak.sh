@@ -61,14 +61,7 @@ trap 'exit 130' INT TERM
 
 ensure_tool gnuplot gnuplot-nox
 
-BIN=${RATHOLE_BIN:-$SCRATCH/release/rathole}
-[ -n "${RATHOLE_BIN:-}" ] && BUILD=0
-if [ "$BUILD" = 1 ]; then
-    log "building rathole (swift build -c release --static-swift-stdlib --product rathole)"
-    (cd "$ROOT" && swift build -c release --static-swift-stdlib --product rathole --scratch-path "$SCRATCH" >&2) \
-        || die "swift build failed"
-fi
-[ -x "$BIN" ] || die "rathole not found at $BIN (build it, or pass --scratch-path / RATHOLE_BIN=)"
+BIN=$(rathole_binary "$ROOT" "$SCRATCH" "$BUILD") || exit 1
 
 STAMP=$(date +%Y-%m-%d-%H%M)
 NAME=soak-$STAMP

@@ -229,6 +229,60 @@ ours_commit() {
     echo "$c"
 }
 
+# rathole_binary ROOT SCRATCH BUILD: print the release rathole a script runs: $RATHOLE_BIN when set,
+# else SCRATCH/release/rathole, built first when BUILD is 1. Exits 1 when there is none.
+rathole_binary() {
+    local root=$1 scratch=$2 build=$3 bin=${RATHOLE_BIN:-}
+    if [ -z "$bin" ]; then
+        bin=$scratch/release/rathole
+        if [ "$build" = 1 ]; then
+            log "building rathole (swift build -c release --static-swift-stdlib --product rathole)"
+            (cd "$root" && swift build -c release --static-swift-stdlib --product rathole --scratch-path "$scratch" >&2) \
+                || die "swift build failed"
+        fi
+    fi
+    [ -x "$bin" ] || die "rathole not found at $bin (build it, or pass --scratch-path / RATHOLE_BIN=)"
+    echo "$bin"
+}
+
+# nginx_static DIR PORT: write DIR/nginx.conf, one worker serving DIR/www (index.html, 1 KiB) on
+# 127.0.0.1:PORT with keep-alive; run it with `nginx -c DIR/nginx.conf -p DIR`. The worker runs as
+# nobody, so DIR's parents must be searchable by everyone.
+nginx_static() {
+    local dir=$1 port=$2
+    mkdir -p "$dir/www" "$dir/tmp"
+    chmod 755 "$dir" "$dir/www"
+    "$PY" -c 'import sys; sys.stdout.write("<html><body>" + "x" * 998 + "</body></html>\n")' >"$dir/www/index.html"
+    chmod 644 "$dir/www/index.html"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/tmp/client_body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    default_type text/html;
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        root $dir/www;
+        location / { }
+    }
+}
+EOF
+}
+
 # haproxy_hop_cfg FILE "LISTEN_PORT:TARGET_PORT ..." : write a one-thread tcp-mode HAProxy config that
 # splices each LISTEN_PORT on 127.0.0.1 to TARGET_PORT on 127.0.0.1. maxconn 9000 (global and per
 # frontend) lets a hop hold the 8,000 connections of the held and burst workloads. HAProxy sizes its
