@@ -143,7 +143,12 @@ extension Server {
                 await relay(visitor.socket, channel, on: ring, tracking: entry.connections, onEnd: done)
             }
         }
-        guard Self.sendStart(on: socket, with: visitor.socket) else {
+        // The idle channel's send buffer is empty: the command goes out at once. When the visitor
+        // has spoken already, TCP holds the command (MSG_MORE) for the relay's first splice, which
+        // follows within this ring turn: one segment and one ACK fewer, no byte copied.
+        let more = visitor.socket.bytesWaiting > 0
+        let sent = Self.startForwardTcp.withUnsafeBytes { try? socket.sendNow($0, more: more) }
+        guard sent == Self.startForwardTcp.count else {
             channel.close()
             return .channelDead
         }
@@ -153,28 +158,6 @@ extension Server {
     }
 
     private static let startForwardTcp = DataChannelCmd.startForwardTcp.encode()
-
-    /// The most of a visitor's first bytes that ride along with StartForwardTcp.
-    private static let firstBytesLimit = 2048
-
-    /// Sends StartForwardTcp on an idle plain channel, and in the same segment what the visitor
-    /// has sent already (usually its whole request): one segment and one ACK fewer per visitor.
-    /// The idle channel's send buffer is empty, so it all goes out at once. The visitor's bytes
-    /// are peeked and dropped from its socket only once sent, so when the channel turns out dead
-    /// (false) they are still there for the next channel.
-    private static func sendStart(on channel: SocketStream, with visitor: SocketStream) -> Bool {
-        let command = startForwardTcp.count
-        return withUnsafeTemporaryAllocation(byteCount: command + firstBytesLimit, alignment: 8) { buffer in
-            startForwardTcp.withUnsafeBytes { buffer.copyMemory(from: $0) }
-            let first = UnsafeMutableRawBufferPointer(rebasing: buffer[command...])
-            let arrived = (try? visitor.receiveNow(into: first, peek: true)) ?? nil ?? 0
-            let sent = (try? channel.sendNow(UnsafeRawBufferPointer(rebasing: buffer[..<(command + arrived)]))) ?? 0
-            guard sent >= command else { return false }
-            // They were peeked, so they are there to drop.
-            if sent > command { _ = try? visitor.discardNow(sent - command) }
-            return true
-        }
-    }
 
     /// What runs when a visitor's relay ends: its bytes are counted and its place in the budget
     /// is freed (the service's one closure for that, unless debug logging wants a line too).

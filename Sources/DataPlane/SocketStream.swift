@@ -66,9 +66,11 @@ public final class SocketStream: ByteStream, Sendable {
     }
 
     /// Sends what the socket buffer takes now, without waiting: for the few bytes a fresh or idle
-    /// connection always has room for. Returns how many were taken.
-    public func sendNow(_ buffer: UnsafeRawBufferPointer) throws(IOError) -> Int {
-        try nonBlockingCall("send") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) } ?? 0
+    /// connection always has room for. Returns how many were taken. With `more`, TCP holds them
+    /// (MSG_MORE) until the next send on the socket, to go out in one segment with its bytes.
+    public func sendNow(_ buffer: UnsafeRawBufferPointer, more: Bool = false) throws(IOError) -> Int {
+        let flags = Int32(MSG_DONTWAIT | MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0)
+        return try nonBlockingCall("send") { Glibc.send(fd, buffer.baseAddress, buffer.count, flags) } ?? 0
     }
 
     /// Receives what has arrived, without waiting: nil when nothing has yet, 0 at end of stream.
@@ -78,16 +80,10 @@ public final class SocketStream: ByteStream, Sendable {
         return try nonBlockingCall("recv") { recv(fd, buffer.baseAddress, buffer.count, flags) }
     }
 
-    /// Drops up to `count` bytes that have arrived (peeked before), without copying them.
-    /// Returns how many were dropped.
-    public func discardNow(_ count: Int) throws(IOError) -> Int {
-        var dropped = 0
-        while dropped < count {
-            let n = try nonBlockingCall("recv") { recv(fd, nil, count - dropped, Int32(MSG_DONTWAIT | MSG_TRUNC)) } ?? 0
-            if n <= 0 { break }
-            dropped += n
-        }
-        return dropped
+    /// How many bytes have arrived and wait to be read (nothing is read).
+    public var bytesWaiting: Int {
+        var count: Int32 = 0
+        return ioctl(fd, UInt(FIONREAD), &count) == 0 ? Int(count) : 0
     }
 
     /// A socket option's value, read back (to check what a connection was given).
