@@ -204,9 +204,9 @@ final class ConformanceTests: EndToEndCase {
         }
     }
 
-    /// A visitor that sent more before its channel came than rides along with StartForwardTcp:
-    /// the first bytes go out with the command, the rest through the relay, none twice, none
-    /// out of order.
+    /// A visitor that sent 30 KB before its channel came: StartForwardTcp (held back by MSG_MORE
+    /// for the relay's first splice) comes first, then every byte once and in order, then more
+    /// bytes and the FIN.
     func testVisitorBytesSentBeforeItsChannelArriveOnceAndInOrder() throws {
         let (_, control, publicPort) = try startOurServer(token: "wire_token_1")
         let (session, key) = try authenticatedControlChannel(port: control, token: "wire_token_1")
