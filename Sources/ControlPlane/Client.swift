@@ -131,7 +131,7 @@ public final class Client: Sendable {
         defer { service.counters.controlChannel(peer: nil) }
 
         let timeout: Duration? = config.heartbeatTimeout > 0 ? .seconds(config.heartbeatTimeout) : nil
-        let channels = DataChannelOpener(service: service, remote: remote, sessionKey: sessionKey)
+        let channels = DataChannelOpener(service: service, remote: remote, sessionKey: sessionKey, transport: transport)
         let commands = CommandReader()
         while true {
             do throws(ControlError) {
@@ -160,9 +160,13 @@ public final class Client: Sendable {
         for _ in 0..<channels.request(count) { openOne(channels) }
     }
 
-    private func openOne(_ channels: DataChannelOpener) {
+    func openOne(_ channels: DataChannelOpener) {
         let ring = group.next()
-        channels.service.dataChannels.spawn(on: ring) { await self.runDataChannel(channels, ring: ring) }
+        if let (transport, server) = channels.direct {
+            DirectDataChannel.open(channels, transport: transport, server: server, client: self, on: ring)
+        } else {
+            channels.service.dataChannels.spawn(on: ring) { await self.runDataChannel(channels, ring: ring) }
+        }
     }
 
     /// Opens one data channel (then the next one asked for, if any, in parallel), waits for the
@@ -188,12 +192,20 @@ public final class Client: Sendable {
             stream.close()
             return
         }
+        await forward(command, over: stream, of: channels.service, ring: ring)
+    }
+
+    /// Serves a data channel's command: TCP to the service's local_addr, or UDP.
+    private func forward(_ command: DataChannelCmd, over stream: ByteStream, of service: ClientService, ring: RingExecutor) async {
         switch command {
-        case .startForwardTcp:
-            await forwardTCP(service, channel: stream, of: channels.service, ring: ring)
-        case .startForwardUdp:
-            await forwardUDP(service, channel: stream, counters: counters, ring: ring)
+        case .startForwardTcp: await forwardTCP(service.config, channel: stream, of: service, ring: ring)
+        case .startForwardUdp: await forwardUDP(service.config, channel: stream, counters: service.counters, ring: ring)
         }
+    }
+
+    /// `forward` in a task of the service's, for a channel set up without one (`DirectDataChannel`).
+    func forward(_ command: DataChannelCmd, over stream: ByteStream, of service: ClientService, on ring: RingExecutor) {
+        service.dataChannels.spawn(on: ring) { await self.forward(command, over: stream, of: service, ring: ring) }
     }
 
     /// Connects to the server and says Hello on a new data channel, retrying a refused or failed
@@ -234,16 +246,18 @@ public final class Client: Sendable {
             channel.close()
             return
         }
-        var onEnd = owner.relayEnded
-        if logger.logLevel <= .debug {
-            let (name, logger, counted) = (service.name, self.logger, onEnd)
-            onEnd = {
-                counted?($0)
-                logger.debug("service \(name): connection done: \($0)")
-            }
-        }
         owner.counters.connectionStarted()
-        await relay(channel, local, on: ring, tracking: owner.connections, onEnd: onEnd)
+        await relay(channel, local, on: ring, tracking: owner.connections, onEnd: relayEnd(of: owner))
+    }
+
+    /// What runs when one of the service's relays ends: it is counted (and logged, at debug).
+    func relayEnd(of service: ClientService) -> (@Sendable (RelayResult) -> Void)? {
+        guard logger.logLevel <= .debug else { return service.relayEnded }
+        let (name, logger, counted) = (service.config.name, self.logger, service.relayEnded)
+        return {
+            counted?($0)
+            logger.debug("service \(name): connection done: \($0)")
+        }
     }
 }
 

@@ -11,12 +11,17 @@ final class DataChannelOpener: Sendable {
     let service: ClientService
     let remote: Endpoint
     let sessionKey: Digest
+    /// Set when the channels are plain sockets straight to the server: they are set up without a
+    /// task (`DirectDataChannel`).
+    let direct: (TCPTransport, SocketAddress)?
     private let counts = Mutex<(opening: Int, queued: Int)>((0, 0))
 
-    init(service: ClientService, remote: Endpoint, sessionKey: Digest) {
+    init(service: ClientService, remote: Endpoint, sessionKey: Digest, transport: any Transport) {
         self.service = service
         self.remote = remote
         self.sessionKey = sessionKey
+        let tcp = transport as? TCPTransport
+        direct = tcp.flatMap { tcp in tcp.directAddress(of: remote).map { (tcp, $0) } }
     }
 
     /// `count` more channels were asked for; returns how many to start opening now.

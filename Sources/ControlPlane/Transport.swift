@@ -57,13 +57,25 @@ struct TCPTransport: Transport {
             }
         }
         do {
-            try socket.setNoDelay(options.nodelay)
-            try socket.setKeepAlive(idle: Int(options.keepaliveSecs), interval: Int(options.keepaliveInterval))
+            try configure(socket)
         } catch {
             socket.close()
             throw .connect(error)
         }
         return socket
+    }
+
+    /// Gives a connected socket the configured nodelay and keepalive.
+    func configure(_ socket: SocketStream) throws(IOError) {
+        try socket.setNoDelay(options.nodelay)
+        try socket.setKeepAlive(idle: Int(options.keepaliveSecs), interval: Int(options.keepaliveInterval))
+    }
+
+    /// The server's address when a data channel can be a plain socket set up on the ring without a
+    /// task (`DirectDataChannel`): no proxy between.
+    func directAddress(of endpoint: Endpoint) -> SocketAddress? {
+        guard options.proxy == nil, case .address(let address) = endpoint else { return nil }
+        return address
     }
 
     /// The socket has its options already: accepted sockets inherit them from the listener.

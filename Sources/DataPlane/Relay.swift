@@ -31,15 +31,6 @@ public struct RelayResult: Sendable, CustomStringConvertible {
     }
 }
 
-/// A running zero-copy relay; lets Swift stop it. Stopping one that already ended does nothing.
-public struct RelayHandle: Sendable {
-    let ring: RingExecutor
-    let userData: UInt64
-
-    /// Stops the relay (from any thread); it closes both sockets and reports `stopped`.
-    public func stop() { ring.requestCancel(userData) }
-}
-
 /// The zero-copy relay: bytes go socket -> pipe -> socket with splice(2), driven in C by polls on
 /// this ring. No Swift code runs per chunk and an idle relay holds no pipe and no task.
 extension RingExecutor {
@@ -49,11 +40,11 @@ extension RingExecutor {
     public func startRelay(
         _ a: consuming FileDescriptor, _ b: consuming FileDescriptor,
         onEnd: @escaping (RelayResult) -> Void
-    ) -> RelayHandle {
+    ) -> OperationHandle {
         precondition(isCurrent, "startRelay must be called on the ring thread")
         let (slot, userData) = slots.allocate()
         start(slot: slot, userData: userData, a.release(), b.release(), onEnd: onEnd)
-        return RelayHandle(ring: self, userData: userData)
+        return OperationHandle(ring: self, userData: userData)
     }
 
     /// Relays between two sockets until the relay ends; cancelling the task stops the relay.
@@ -61,7 +52,7 @@ extension RingExecutor {
         let (fa, fb) = (a.release(), b.release())
         return try! await onRing { () async throws(IOError) -> RelayResult in
             let (slot, userData) = slots.allocate()
-            let handle = RelayHandle(ring: self, userData: userData)
+            let handle = OperationHandle(ring: self, userData: userData)
             return await withTaskCancellationHandler {
                 await withUnsafeContinuation { (cont: UnsafeContinuation<RelayResult, Never>) in
                     start(slot: slot, userData: userData, fa, fb) { cont.resume(returning: $0) }

@@ -42,19 +42,21 @@ public func startSplice(
         connections.remove(id)
         onEnd?(result)
     }
-    connections.register(id, .splice(handle))
+    connections.register(id, .onRing(handle))
 }
 
-/// The connections a service is relaying, each with a way to stop it.
+/// The connections a service is relaying or setting up, each with a way to stop it. Once stopped,
+/// it stops whatever is registered later at once.
 public final class ConnectionSet: Sendable {
     public enum Running: Sendable {
-        case splice(RelayHandle)
+        /// A splice relay, or the step in flight of a connection being set up without a task.
+        case onRing(OperationHandle)
         /// A copy relay ends when its streams are shut down under it.
         case copy(StreamPair)
 
         func stop() {
             switch self {
-            case .splice(let handle): handle.stop()
+            case .onRing(let handle): handle.stop()
             case .copy(let pair):
                 pair.a.shutdown()
                 pair.b.shutdown()
@@ -74,30 +76,34 @@ public final class ConnectionSet: Sendable {
         }
     }
 
-    private let state = Mutex<(next: Int, running: [Int: Running])>((0, [:]))
+    private let state = Mutex<(next: Int, running: [Int: Running], stopped: Bool)>((0, [:], false))
 
     public init() {}
 
-    func reserve() -> Int {
+    /// An id for a connection to `register` (and re-register as it moves on) until it is removed.
+    public func reserve() -> Int {
         state.withLock { s in
             s.next += 1
             return s.next
         }
     }
 
-    func register(_ id: Int, _ connection: Running) {
-        state.withLock { $0.running[id] = connection }
+    /// Tracks what connection `id` runs now, or stops it at once when the set was stopped.
+    public func register(_ id: Int, _ connection: Running) {
+        let stopped = state.withLock { s -> Bool in
+            if !s.stopped { s.running[id] = connection }
+            return s.stopped
+        }
+        if stopped { connection.stop() }
     }
 
     func add(_ connection: Running) -> Int {
-        state.withLock { s in
-            s.next += 1
-            s.running[s.next] = connection
-            return s.next
-        }
+        let id = reserve()
+        register(id, connection)
+        return id
     }
 
-    func remove(_ id: Int) {
+    public func remove(_ id: Int) {
         _ = state.withLock { $0.running.removeValue(forKey: id) }
     }
 
@@ -108,6 +114,7 @@ public final class ConnectionSet: Sendable {
         let all = state.withLock { s -> [Running] in
             let all = Array(s.running.values)
             s.running.removeAll()
+            s.stopped = true
             return all
         }
         all.forEach { $0.stop() }

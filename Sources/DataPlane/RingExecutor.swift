@@ -8,6 +8,9 @@ public struct Completion: Sendable {
     public var flags: UInt32
     /// Relay ends only: bytes moved a->b and b->a.
     public var bytes: (UInt64, UInt64)
+    /// Someone asked to cancel the operation before it completed: a -ECANCELED result is that
+    /// cancel, not its linked timeout expiring.
+    public var cancelRequested = false
 }
 
 /// One io_uring and the one thread that drives it.
@@ -236,7 +239,9 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
     }
 
     private func dispatch(_ c: rr_completion) {
-        let completion = Completion(result: c.res, flags: c.flags, bytes: (c.bytes.0, c.bytes.1))
+        let cancelRequested = slots.lookup(c.user_data)?.pointee.cancelRequested ?? false
+        let completion = Completion(
+            result: c.res, flags: c.flags, bytes: (c.bytes.0, c.bytes.1), cancelRequested: cancelRequested)
         let more = c.flags & RR_COMPLETION_RELAY_END == 0 && c.flags & IORING_CQE_F_MORE != 0
         guard let waiter = slots.complete(userData: c.user_data, keep: more) else { return }
         switch waiter {

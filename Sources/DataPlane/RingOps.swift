@@ -71,11 +71,11 @@ extension RingExecutor {
 
     private func cancelNow(_ userData: UInt64) {
         guard let slot = slots.lookup(userData) else { return }
+        let submitted = slot.pointee.waiter != nil
+        slot.pointee.cancelRequested = true  // when not submitted yet, the submitter cancels it
         if let relay = slot.pointee.relay {
             rr_relay_stop(rawRing, relay)
-        } else if slot.pointee.waiter == nil {
-            slot.pointee.cancelRequested = true  // not submitted yet: the submitter cancels it
-        } else {
+        } else if submitted {
             submitCancel(of: userData)
         }
     }

@@ -37,6 +37,32 @@ public enum Socket {
         return SocketStream(socket, ring: ring)
     }
 
+    /// `connect` for a caller without a task: `then` gets the connected stream, on the ring's thread.
+    /// Call on the ring thread. Nil (after `then` had the error) when no socket could be made.
+    @discardableResult
+    public static func connect(
+        to address: SocketAddress, on ring: RingExecutor, timeout: Duration?, speaksFirst: Bool = false,
+        then: @escaping (Result<SocketStream, IOError>) -> Void
+    ) -> OperationHandle? {
+        let stream: SocketStream
+        do throws(IOError) {
+            let socket = try tcp(family: address.family)
+            if speaksFirst { try setOption(socket.rawValue, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, 1, "TCP_DEFER_ACCEPT") }
+            stream = SocketStream(socket, ring: ring)
+        } catch {
+            then(.failure(error))
+            return nil
+        }
+        return ring.connect(stream.fd, to: address, timeout: timeout) { result in
+            switch result {
+            case .success: then(.success(stream))
+            case .failure(let error):
+                stream.close()
+                then(.failure(error))
+            }
+        }
+    }
+
     static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ what: String) throws(IOError) {
         var v = value
         _ = try systemCall("setsockopt \(what)") { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }

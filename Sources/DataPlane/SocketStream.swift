@@ -23,6 +23,12 @@ public final class SocketStream: ByteStream, Sendable {
         _ = try await ring.poll(fd, events: Socket.readableEvents)
     }
 
+    /// `waitReadable` for a caller without a task, on the ring thread: `then` runs there once bytes
+    /// or the end of the stream arrived.
+    public func whenReadable(then: @escaping (Result<Void, IOError>) -> Void) -> OperationHandle {
+        ring.poll(fd, events: Socket.readableEvents) { then($0.map { _ in }) }
+    }
+
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async throws(IOError) -> Int {
         try await ring.recv(fd, into: buffer, timeout: timeout)
     }

@@ -379,8 +379,8 @@ extension RelayTests {
             let ring = group.executors[0]
             let ending = try (0..<2).map { _ in (try listener.pair(), try listener.pair()) }
             let fresh = try (0..<2).map { _ in (try listener.pair(), try listener.pair()) }
-            let handles = Synchronization.Mutex<[RelayHandle]>([])
-            let freshHandles = Synchronization.Mutex<[RelayHandle]>([])
+            let handles = Synchronization.Mutex<[OperationHandle]>([])
+            let freshHandles = Synchronization.Mutex<[OperationHandle]>([])
             let ends = (0..<4).map { _ in Promise<RelayResult>() }
             let firstEnd = Atomic<Bool>(true)
             @Sendable func startFresh() {

@@ -8,7 +8,7 @@ import XCTest
 public enum RelayKind: Sendable, CustomStringConvertible {
     /// `RingExecutor.relay(_:_:)` awaited in a task; stopping cancels the task.
     case spliceAsync
-    /// `RingExecutor.startRelay(_:_:onEnd:)`; stopping calls `RelayHandle.stop()`.
+    /// `RingExecutor.startRelay(_:_:onEnd:)`; stopping calls `OperationHandle.stop()`.
     case spliceHandle
     /// `CopyRelay.run` over two `SocketStream`s; stopping cancels the task.
     case copy
@@ -39,7 +39,7 @@ public func startRelay(_ kind: RelayKind, on ring: RingExecutor, _ a: Int32, _ b
         }
         return RunningRelay(result: promise, stop: { task.cancel() })
     case .spliceHandle:
-        let handle = await Task(executorPreference: ring) { () -> RelayHandle in
+        let handle = await Task(executorPreference: ring) { () -> OperationHandle in
             ring.startRelay(FileDescriptor(adopting: a), FileDescriptor(adopting: b)) { promise.fulfill($0) }
         }.value
         return RunningRelay(result: promise, stop: { handle.stop() })
