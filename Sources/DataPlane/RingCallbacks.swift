@@ -65,17 +65,7 @@ extension RingExecutor {
             }
             then(.failure(.system(Errno(-result), operation: operation())))
         }
-        if timeout != nil { rr_ring_reserve(rawRing, 2) }
-        let sqe = self.sqe()
-        prepare(sqe, slot)
-        io_uring_sqe_set_data64(sqe, userData)
-        if let timeout {
-            sqe.pointee.flags |= RR_IOSQE_IO_LINK
-            slot.pointee.timeout = __kernel_timespec(timeout)
-            let t = self.sqe()
-            io_uring_prep_link_timeout(t, slot.timeoutPointer, 0)
-            io_uring_sqe_set_data64(t, RR_UD_IGNORE)
-        }
+        queueSubmission(slot, userData, timeout: timeout, prepare)
         // Too late for the shutdown's cancels: cancelled now, reported as any completion is.
         if isStopping {
             slot.pointee.cancelRequested = true

@@ -36,18 +36,8 @@ extension RingExecutor {
         let completion = await withTaskCancellationHandler {
             await withUnsafeContinuation { (cont: UnsafeContinuation<Completion, Never>) in
                 slot.pointee.waiter = .continuation(cont)
-                if timeout != nil { rr_ring_reserve(self.rawRing, 2) }
-                let sqe = self.sqe()
-                prepare(sqe, slot)
-                io_uring_sqe_set_data64(sqe, userData)
+                self.queueSubmission(slot, userData, timeout: timeout, prepare)
                 submitted?(userData)
-                if let timeout {
-                    sqe.pointee.flags |= RR_IOSQE_IO_LINK
-                    slot.pointee.timeout = __kernel_timespec(timeout)
-                    let t = self.sqe()
-                    io_uring_prep_link_timeout(t, slot.timeoutPointer, 0)
-                    io_uring_sqe_set_data64(t, RR_UD_IGNORE)
-                }
                 if slot.pointee.cancelRequested { self.submitCancel(of: userData) }
             }
         } onCancel: {
@@ -58,6 +48,24 @@ extension RingExecutor {
             return .timedOut
         }
         return .done(completion)
+    }
+
+    /// Queues the operation's SQE, tagged `userData`, and its linked timeout if it has one.
+    func queueSubmission(
+        _ slot: UnsafeMutablePointer<OpSlot>, _ userData: UInt64, timeout: Duration?,
+        _ prepare: (UnsafeMutablePointer<io_uring_sqe>, UnsafeMutablePointer<OpSlot>) -> Void
+    ) {
+        // An operation and its linked timeout must never be split over two submissions.
+        if timeout != nil { rr_ring_reserve(rawRing, 2) }
+        let sqe = self.sqe()
+        prepare(sqe, slot)
+        io_uring_sqe_set_data64(sqe, userData)
+        guard let timeout else { return }
+        sqe.pointee.flags |= RR_IOSQE_IO_LINK
+        slot.pointee.timeout = __kernel_timespec(timeout)
+        let t = self.sqe()
+        io_uring_prep_link_timeout(t, slot.timeoutPointer, 0)
+        io_uring_sqe_set_data64(t, RR_UD_IGNORE)
     }
 
     /// Cancels an operation in flight; safe from any thread.
