@@ -212,7 +212,7 @@ public final class Client: Sendable {
     /// connection twice (the server may be busy accepting): a lost channel leaves a visitor waiting.
     private func connectDataChannel(_ channels: DataChannelOpener, ring: RingExecutor) async -> ByteStream? {
         let hello = Hello.dataChannel(channels.sessionKey)
-        for attempt in 1...3 {
+        for attempt in 1...DataChannelOpener.connectAttempts {
             let failure: ControlError
             do throws(TransportError) {
                 let stream = try await transport.connect(to: channels.remote, on: ring)
@@ -226,11 +226,11 @@ public final class Client: Sendable {
             } catch {
                 failure = .transport(error)
             }
-            guard attempt < 3 else {
+            guard attempt < DataChannelOpener.connectAttempts else {
                 logger.warning("service \(channels.service.config.name): data channel: cannot connect to server: \(failure)")
                 return nil
             }
-            do { try await ring.sleep(for: .milliseconds(100 * attempt)) } catch { return nil }
+            do { try await ring.sleep(for: DataChannelOpener.retryDelay(after: attempt)) } catch { return nil }
         }
         return nil
     }
@@ -239,7 +239,7 @@ public final class Client: Sendable {
         let local: SocketStream
         do throws(IOError) {
             let address = try await service.localAddr.resolve(preferIPv6: service.preferIPv6)
-            local = try await Socket.connect(to: address, on: ring, timeout: .seconds(10))
+            local = try await Socket.connect(to: address, on: ring, timeout: DataChannelOpener.localConnectTimeout)
             if service.nodelay { try local.setNoDelay(true) }
         } catch {
             logger.warning("service \(service.name): cannot connect to local_addr \(service.localAddr): \(error)")

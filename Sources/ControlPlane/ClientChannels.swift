@@ -7,6 +7,13 @@ import Synchronization
 /// client out of descriptors; the rest follow as those finish.
 final class DataChannelOpener: Sendable {
     static let maxOpening = 64
+    /// Connects to the server per data channel, the later ones after `retryDelay`: the server may
+    /// be busy accepting, and a lost channel leaves a visitor waiting.
+    static let connectAttempts = 3
+    /// How long the local service may take to accept a forwarded connection.
+    static let localConnectTimeout: Duration = .seconds(10)
+
+    static func retryDelay(after attempt: Int) -> Duration { .milliseconds(100 * attempt) }
 
     let service: ClientService
     let remote: Endpoint

@@ -82,12 +82,12 @@ final class DirectDataChannel {
     }
 
     private func retry(after failure: ControlError) {
-        guard attempt < 3 else {
+        guard attempt < DataChannelOpener.connectAttempts else {
             client.logger.warning("service \(name): data channel: cannot connect to server: \(failure)")
             opened()
             return end()
         }
-        let delay = Duration.milliseconds(100 * attempt)
+        let delay = DataChannelOpener.retryDelay(after: attempt)
         attempt += 1
         track(
             ring.sleep(for: delay) { result in
@@ -140,7 +140,7 @@ final class DirectDataChannel {
             return client.forward(decoded, over: stream, of: service, on: ring)
         }
         track(
-            Socket.connect(to: local, on: ring, timeout: .seconds(10)) { result in
+            Socket.connect(to: local, on: ring, timeout: DataChannelOpener.localConnectTimeout) { result in
                 switch result {
                 case .success(let socket): self.relay(stream, socket)
                 case .failure(let error):

@@ -239,11 +239,10 @@ public final class RingExecutor: TaskExecutor, @unchecked Sendable {
     }
 
     private func dispatch(_ c: rr_completion) {
-        let cancelRequested = slots.lookup(c.user_data)?.pointee.cancelRequested ?? false
+        let more = c.flags & RR_COMPLETION_RELAY_END == 0 && c.flags & IORING_CQE_F_MORE != 0
+        guard let (waiter, cancelRequested) = slots.complete(userData: c.user_data, keep: more) else { return }
         let completion = Completion(
             result: c.res, flags: c.flags, bytes: (c.bytes.0, c.bytes.1), cancelRequested: cancelRequested)
-        let more = c.flags & RR_COMPLETION_RELAY_END == 0 && c.flags & IORING_CQE_F_MORE != 0
-        guard let waiter = slots.complete(userData: c.user_data, keep: more) else { return }
         switch waiter {
         case .continuation(let cont):
             cont.resume(returning: completion)

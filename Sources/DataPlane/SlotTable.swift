@@ -52,11 +52,12 @@ struct SlotTable {
     }
 
     /// Takes the waiter of a completed operation and frees its slot unless more completions follow.
-    mutating func complete(userData: UInt64, keep: Bool) -> Waiter? {
+    /// Also says whether a cancel was requested for it (read before the slot is freed).
+    mutating func complete(userData: UInt64, keep: Bool) -> (waiter: Waiter, cancelRequested: Bool)? {
         guard let slot = lookup(userData) else { return nil }
-        let waiter = slot.pointee.waiter
+        let (waiter, cancelRequested) = (slot.pointee.waiter, slot.pointee.cancelRequested)
         if !keep { release(slot, index: Int32(userData & 0xFFFF_FFFF)) }
-        return waiter
+        return waiter.map { ($0, cancelRequested) }
     }
 
     /// Frees a slot whose operation was never submitted.

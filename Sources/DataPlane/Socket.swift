@@ -31,10 +31,16 @@ public enum Socket {
     )
         async throws(IOError) -> SocketStream
     {
-        let socket = try tcp(family: address.family)
-        if speaksFirst { try setOption(socket.rawValue, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, 1, "TCP_DEFER_ACCEPT") }
+        let socket = try connectable(to: address, speaksFirst: speaksFirst)
         try await ring.connect(socket.rawValue, to: address, timeout: timeout)
         return SocketStream(socket, ring: ring)
+    }
+
+    /// A new socket for a connect to `address` (see `connect` for `speaksFirst`).
+    private static func connectable(to address: SocketAddress, speaksFirst: Bool) throws(IOError) -> FileDescriptor {
+        let socket = try tcp(family: address.family)
+        if speaksFirst { try setOption(socket.rawValue, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, 1, "TCP_DEFER_ACCEPT") }
+        return socket
     }
 
     /// `connect` for a caller without a task: `then` gets the connected stream, on the ring's thread.
@@ -46,9 +52,7 @@ public enum Socket {
     ) -> OperationHandle? {
         let stream: SocketStream
         do throws(IOError) {
-            let socket = try tcp(family: address.family)
-            if speaksFirst { try setOption(socket.rawValue, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, 1, "TCP_DEFER_ACCEPT") }
-            stream = SocketStream(socket, ring: ring)
+            stream = SocketStream(try connectable(to: address, speaksFirst: speaksFirst), ring: ring)
         } catch {
             then(.failure(error))
             return nil
